@@ -1,0 +1,14 @@
+"""stylejax: neural style transfer (Gatys, Ecker & Bethge, CVPR 2016) as a functional JAX program."""
+
+from stylejax.driver import StylizeResult, stylize
+from stylejax.errors import StylejaxError
+from stylejax.losses import LossConfig, gram, loss_fn, loss_terms, make_targets, preset_config
+from stylejax.solvers import SolverConfig, init_state, run_epoch
+from stylejax.vgg import LAYERS, extract_features
+from stylejax.weights import Vgg19, load_vgg19
+
+__all__ = [
+    "LAYERS", "LossConfig", "SolverConfig", "StylejaxError", "StylizeResult", "Vgg19",
+    "extract_features", "gram", "init_state", "load_vgg19", "loss_fn", "loss_terms",
+    "make_targets", "preset_config", "run_epoch", "stylize",
+]

@@ -1,0 +1,256 @@
+"""The style-transfer loss of Gatys, Ecker & Bethge (2016) as pure, jittable functions.
+
+For one image and one layer, F is the activation reshaped to (M, N): M = h*w positions and
+N channels; P is the content image's F and A the style image's Gram matrix.
+
+=============  ==============  ================  ======================
+normalization  Gram G          content term      style term
+=============  ==============  ================  ======================
+gatys          FᵀF / M         ½ Σ (F − P)²      Σ (G − A)² / (4 N²)
+johnson        FᵀF / (M·N)     mean((F − P)²)    mean((G − A)²)
+seed           FᵀF             mean((F − P)²)    mean((G − A)²) / (N·M)
+=============  ==============  ================  ======================
+
+    total = content_weight · Σ c_l content_l + style_weight · Σ w_l style_l + tv_weight · tv(x)
+    tv(x) = Σ (x[i+1, j] − x[i, j])² + Σ (x[i, j+1] − x[i, j])²   over the [0, 1] RGB image.
+
+The gatys style term equals the paper's E_l = Σ(G−A)²/(4N²M²) (its Eq. 4) when style and
+generated images have the same size, and stays well defined when they don't.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from stylejax.errors import StylejaxError
+from stylejax.vgg import check_layers, extract_features
+from stylejax.weights import Vgg19
+
+NORMALIZATIONS = ("gatys", "johnson", "seed")
+POOLINGS = ("max", "avg")
+STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Static description of the loss; hashable, so it can be a static jit argument.
+
+    Layer weights: ``None`` means 1 for each content layer and 1/len for each style layer.
+    ``dtype`` is the VGG activation dtype ("float32" or "bfloat16"); Grams and the loss are
+    always float32.
+    """
+
+    content_layers: tuple[str, ...] = ("relu4_2",)
+    content_layer_weights: Optional[tuple[float, ...]] = None
+    style_layers: tuple[str, ...] = STYLE_LAYERS
+    style_layer_weights: Optional[tuple[float, ...]] = None
+    content_weight: float = 5.0
+    style_weight: float = 100.0
+    tv_weight: float = 32.5
+    normalization: str = "johnson"
+    pooling: str = "max"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        # Normalise lists to tuples so equal configs hash equally, then validate.
+        for name in ("content_layers", "style_layers"):
+            object.__setattr__(self, name, check_layers(getattr(self, name)))
+        for name, layers in (("content_layer_weights", self.content_layers),
+                             ("style_layer_weights", self.style_layers)):
+            w = getattr(self, name)
+            if w is not None:
+                w = tuple(float(v) for v in w)
+                if len(w) != len(layers):
+                    raise StylejaxError(
+                        f"{name} has {len(w)} values for {len(layers)} layers: give one per layer.")
+                object.__setattr__(self, name, w)
+        if self.normalization not in NORMALIZATIONS:
+            raise StylejaxError(f"Unknown normalization {self.normalization!r}: use one of "
+                                f"{', '.join(NORMALIZATIONS)}.")
+        if self.pooling not in POOLINGS:
+            raise StylejaxError(f"Unknown pooling {self.pooling!r}: use max or avg.")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise StylejaxError(f"Unknown precision {self.dtype!r}: use float32 or bfloat16.")
+        for name in ("content_weight", "style_weight", "tv_weight"):
+            if not getattr(self, name) >= 0:
+                raise StylejaxError(f"{name} must be a number >= 0, got {getattr(self, name)}.")
+
+    @property
+    def content_weights(self) -> tuple[float, ...]:
+        return self.content_layer_weights or (1.0,) * len(self.content_layers)
+
+    @property
+    def style_weights(self) -> tuple[float, ...]:
+        n = len(self.style_layers)
+        return self.style_layer_weights or (1.0 / n,) * n
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """Every layer the loss reads, content first, without repeats."""
+        return tuple(dict.fromkeys(self.content_layers + self.style_layers))
+
+
+def _features(vgg, images, layers, cfg):
+    return extract_features(vgg, images, layers, cfg.pooling, dtype=jnp.dtype(cfg.dtype))
+
+
+def _as_batch(image):
+    image = jnp.asarray(image, jnp.float32)
+    return image[None] if image.ndim == 3 else image
+
+
+def gram(features, normalization: str = "johnson"):
+    """Gram matrices of ``features`` [N, h, w, C] -> [N, C, C] float32.
+
+    ``FᵀF`` divided by M = h*w (gatys), by M*C (johnson) or by 1 (seed). Computed at full
+    float32 precision (TPUs otherwise run f32 matmuls as bf16 passes).
+    """
+    n, h, w, c = features.shape
+    f = features.reshape(n, h * w, c)
+    g = jnp.einsum("nmc,nmd->ncd", f, f, precision=jax.lax.Precision.HIGHEST,
+                   preferred_element_type=jnp.float32)
+    scale = {"gatys": h * w, "johnson": h * w * c, "seed": 1}[normalization]
+    return g / scale
+
+
+def content_term(features, target, normalization: str = "johnson"):
+    """Content loss of ``features`` [N, h, w, C] against ``target`` (same shape or [1, ...]):
+    ½ Σ (F − P)² (gatys) or mean((F − P)²) (johnson, seed), summed over the batch."""
+    d = features.astype(jnp.float32) - target.astype(jnp.float32)
+    if normalization == "gatys":
+        return 0.5 * jnp.sum(d * d)
+    return jnp.sum(jnp.mean(d * d, axis=(1, 2, 3)))
+
+
+def style_term(gram_x, gram_target, positions: int, normalization: str = "johnson"):
+    """Style loss of Grams ``gram_x`` [N, C, C] against ``gram_target`` [C, C] (or [1, C, C]):
+    Σ (G − A)² / (4 C²) (gatys), mean((G − A)²) (johnson) or mean((G − A)²) / (C·M) (seed),
+    summed over the batch. ``positions`` is M = h*w of the generated image's layer."""
+    c = gram_x.shape[-1]
+    d = gram_x - gram_target
+    if normalization == "gatys":
+        return jnp.sum(d * d) / (4.0 * c * c)
+    per_image = jnp.mean(d * d, axis=(1, 2))
+    if normalization == "seed":
+        per_image = per_image / (c * positions)
+    return jnp.sum(per_image)
+
+
+def tv_term(images):
+    """Total variation Σ (x[i+1,j] − x[i,j])² + Σ (x[i,j+1] − x[i,j])² of [N, H, W, 3] images
+    in [0, 1], summed over channels and the batch."""
+    dy = images[:, 1:, :, :] - images[:, :-1, :, :]
+    dx = images[:, :, 1:, :] - images[:, :, :-1, :]
+    return jnp.sum(dy * dy) + jnp.sum(dx * dx)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _content_targets(vgg, content, cfg):
+    feats = _features(vgg, content, cfg.content_layers, cfg)
+    return {name: feats[name].astype(jnp.float32) for name in cfg.content_layers}
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _style_grams(vgg, style, cfg):
+    feats = _features(vgg, style, cfg.style_layers, cfg)
+    return {name: gram(feats[name], cfg.normalization)[0] for name in cfg.style_layers}
+
+
+def make_targets(vgg: Vgg19, content, style, cfg: LossConfig, style_blend_weights=None) -> dict:
+    """Content features and style Grams, computed once.
+
+    Args:
+      vgg: the VGG-19 bundle.
+      content: [1, H, W, 3] or [H, W, 3] RGB in [0, 1].
+      style: one image ([1, h, w, 3] or [h, w, 3]; any size) or a list of them.
+      cfg: the loss configuration.
+      style_blend_weights: one weight per style image (normalised to sum 1; default equal).
+    Returns:
+      ``{"content": {layer: [1, h, w, C]}, "style": {layer: [C, C]}}``, a pytree of arrays.
+    """
+    styles = list(style) if isinstance(style, (list, tuple)) else [style]
+    if style_blend_weights is None:
+        style_blend_weights = [1.0] * len(styles)
+    if len(style_blend_weights) != len(styles) or min(style_blend_weights) < 0 \
+            or sum(style_blend_weights) <= 0:
+        raise StylejaxError("Give one non-negative blend weight per style image, not all zero.")
+    total = float(sum(style_blend_weights))
+    grams = None
+    for s, w in zip(styles, style_blend_weights):
+        g = _style_grams(vgg, _as_batch(s), cfg)
+        g = jax.tree.map(lambda a: a * (w / total), g)
+        grams = g if grams is None else jax.tree.map(jnp.add, grams, g)
+    return {"content": _content_targets(vgg, _as_batch(content), cfg), "style": grams}
+
+
+def _terms(vgg, image, targets, cfg):
+    x = _as_batch(image)
+    feats = _features(vgg, x, cfg.layers, cfg)
+    content = sum(w * content_term(feats[name], targets["content"][name], cfg.normalization)
+                  for name, w in zip(cfg.content_layers, cfg.content_weights))
+    style = 0.0
+    for name, w in zip(cfg.style_layers, cfg.style_weights):
+        f = feats[name]
+        style += w * style_term(gram(f, cfg.normalization), targets["style"][name],
+                                f.shape[1] * f.shape[2], cfg.normalization)
+    return {"content": cfg.content_weight * content,
+            "style": cfg.style_weight * style,
+            "tv": cfg.tv_weight * tv_term(x) if cfg.tv_weight else jnp.zeros((), jnp.float32)}
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def loss_terms(vgg: Vgg19, image, targets: dict, cfg: LossConfig) -> dict:
+    """The weighted parts of the loss, ``{"content", "style", "tv"}`` float32 scalars."""
+    return _terms(vgg, image, targets, cfg)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def loss_fn(vgg: Vgg19, image, targets: dict, cfg: LossConfig):
+    """The total style-transfer loss (float32 scalar) of ``image``.
+
+    Args:
+      vgg: the VGG-19 bundle (an argument, so nothing is baked into the compiled program).
+      image: [H, W, 3] or [N, H, W, 3] RGB in [0, 1] (a batch sums the per-image losses).
+      targets: from `make_targets`.
+      cfg: static `LossConfig`.
+    Pure: works under `jax.grad` (w.r.t. ``image``), `jax.vmap` and inside another `jax.jit`.
+    """
+    return sum(_terms(vgg, image, targets, cfg).values())
+
+
+PRESETS: dict[str, dict] = {
+    # The paper: style relu1_1..relu5_1 with w_l = 1/5, content relu4_2, average pooling,
+    # alpha/beta = 1e-3 (Fig. 2/3). It used a normalised VGG-19 (`convert_weights.py
+    # --normalize`); with the raw Caffe weights the same ratio over-weights content.
+    "gatys": dict(loss=dict(content_layers=("relu4_2",), style_layers=STYLE_LAYERS,
+                            content_weight=1.0, style_weight=1e3, tv_weight=0.0,
+                            normalization="gatys", pooling="avg"),
+                  size=512, epochs=10, max_iter=100, lr=0.0, snapshot_every=1),
+    # jcjohnson/neural-style's defaults (content_weight 5, style_weight 100 applied to every
+    # style layer, tv_weight 1e-3, max pooling, 512 px, 1000 L-BFGS iterations). His TV term is
+    # ½ Σ diff² on the 0-255 image (its gradient is strength·diff), so 1e-3 · ½ · 255² = 32.5
+    # on our [0, 1] image; his style/content losses are MSEs exactly as in our johnson row.
+    "johnson": dict(loss=dict(content_layers=("relu4_2",), style_layers=STYLE_LAYERS,
+                              style_layer_weights=(1.0,) * 5, content_weight=5.0,
+                              style_weight=100.0, tv_weight=32.5, normalization="johnson",
+                              pooling="max"),
+                    size=512, epochs=10, max_iter=100, lr=0.0, snapshot_every=1),
+    # The seed repository: torchvision weights, 250 px shorter edge, fixed-step L-BFGS.
+    "seed": dict(loss=dict(content_layers=("relu4_2",), style_layers=STYLE_LAYERS,
+                           style_layer_weights=(1.0, 0.75, 0.2, 0.2, 0.2), content_weight=5.0,
+                           style_weight=1e4, tv_weight=0.0, normalization="seed",
+                           pooling="max"),
+                 size=250, epochs=350, max_iter=5, lr=0.015, snapshot_every=50),
+}
+
+
+def preset_config(name: str, **overrides) -> LossConfig:
+    """The `LossConfig` of preset ``name`` ("gatys", "johnson", "seed"), fields overridden."""
+    if name not in PRESETS:
+        raise StylejaxError(f"Unknown preset {name!r}: use one of {', '.join(PRESETS)}.")
+    return LossConfig(**{**PRESETS[name]["loss"], **overrides})

@@ -1,0 +1,161 @@
+"""Optimizers behind one interface: "run k iterations from this state", compiled once.
+
+    scfg = SolverConfig("lbfgs", iterations=100)
+    state = init_state(scfg, vgg, image, targets, cfg)        # once
+    state = run_epoch(state, vgg, targets, cfg=cfg, scfg=scfg)  # every epoch, no recompile
+    image, loss = state.image, state.value
+
+The solver state (L-BFGS history, Adam moments) is carried across epochs, so k iterations
+twice equal 2k iterations once. Backends:
+
+- ``lbfgs``: jaxopt's `LBFGS` (the default). ``lr > 0`` takes fixed steps of that size along
+  the L-BFGS direction (as the seed repository); ``lr == 0`` uses jaxopt's zoom (strong
+  Wolfe) line search.
+- ``optax-lbfgs``: optax's `lbfgs` (maintained; zoom line search).
+- ``adam``: optax's Adam with learning rate ``lr`` (in [0, 1] image units).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import warnings
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from stylejax.errors import StylejaxError
+from stylejax.losses import LossConfig, loss_fn
+
+with warnings.catch_warnings():
+    # jaxopt announces on import that it is no longer maintained; we know, and keep it
+    # working behind this interface (optax-lbfgs is the maintained alternative).
+    warnings.simplefilter("ignore")
+    import jaxopt
+
+OPTIMIZERS = ("lbfgs", "optax-lbfgs", "adam")
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverConfig:
+    """Static solver settings (hashable: part of the compiled epoch's identity).
+
+    Attributes:
+      kind: "lbfgs" (jaxopt), "optax-lbfgs" or "adam".
+      iterations: solver iterations per epoch (one compiled call).
+      lr: fixed step (lbfgs; 0 = line search) or Adam learning rate (default 0.02).
+      history: L-BFGS memory (pairs of image-sized vectors kept).
+      maxls: most function evaluations per line search.
+    """
+
+    kind: str = "lbfgs"
+    iterations: int = 100
+    lr: float = 0.0
+    history: int = 100
+    maxls: int = 20
+
+    def __post_init__(self):
+        if self.kind not in OPTIMIZERS:
+            raise StylejaxError(f"Unknown optimizer {self.kind!r}: use one of {', '.join(OPTIMIZERS)}.")
+        if self.iterations < 1:
+            raise StylejaxError(f"Iterations per epoch must be >= 1, got {self.iterations}.")
+        if self.lr < 0:
+            raise StylejaxError(f"The learning rate must be >= 0, got {self.lr}.")
+        if self.history < 1:
+            raise StylejaxError(f"The L-BFGS history must be >= 1, got {self.history}.")
+
+
+class SolverState(NamedTuple):
+    """``image`` [1, H, W, 3] being optimized, the backend's state, and the latest loss."""
+
+    image: jax.Array
+    inner: Any
+    value: jax.Array
+
+
+def _objective(vgg, targets, cfg: LossConfig):
+    return lambda x: loss_fn(vgg, x, targets, cfg)
+
+
+def _jaxopt_lbfgs(scfg: SolverConfig, cfg: LossConfig):
+    # Line-search settings chosen by measurement (see README, "Performance"):
+    # linesearch_init="max" tries the full quasi-Newton step (1) first at every iteration,
+    # as torch's L-BFGS does. jaxopt's default "increase" restarts from 1.5x the previous
+    # accepted step, so after one short step it needs many iterations to grow back to 1.
+    fixed = scfg.lr > 0
+    return jaxopt.LBFGS(
+        fun=lambda x, vgg, targets: loss_fn(vgg, x, targets, cfg),
+        maxiter=scfg.iterations, history_size=scfg.history, tol=0.0,
+        stepsize=scfg.lr if fixed else 0.0, linesearch="zoom", linesearch_init="max",
+        max_stepsize=1.0, maxls=scfg.maxls)
+
+
+def _optax_tx(scfg: SolverConfig):
+    if scfg.kind == "adam":
+        return optax.adam(scfg.lr or 0.02)
+    return optax.lbfgs(memory_size=scfg.history, linesearch=optax.scale_by_zoom_linesearch(
+        max_linesearch_steps=scfg.maxls, initial_guess_strategy="one"))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "scfg"))
+def init_state(scfg: SolverConfig, vgg, image, targets, cfg: LossConfig) -> SolverState:
+    """The solver state at ``image`` [1, H, W, 3] (evaluates the loss and gradient once)."""
+    image = jnp.asarray(image, jnp.float32)
+    if scfg.kind == "lbfgs":
+        inner = _jaxopt_lbfgs(scfg, cfg).init_state(image, vgg, targets)
+        # The first iteration has no curvature pairs yet; like torch's L-BFGS, scale the
+        # steepest-descent step by min(1, 1/|g|_1) instead of stepping the raw gradient.
+        gamma = jnp.minimum(1.0, 1.0 / jnp.sum(jnp.abs(inner.grad)))
+        inner = inner._replace(gamma=gamma.astype(inner.gamma.dtype))
+        return SolverState(image, inner, inner.value)
+    inner = _optax_tx(scfg).init(image)
+    return SolverState(image, inner, loss_fn(vgg, image, targets, cfg))
+
+
+def _jaxopt_epoch(state, vgg, targets, cfg, scfg):
+    solver = _jaxopt_lbfgs(scfg, cfg)
+
+    def body(_, carry):
+        x, inner = carry
+        return tuple(solver.update(x, inner, vgg, targets))
+
+    x, inner = jax.lax.fori_loop(0, scfg.iterations, body, (state.image, state.inner))
+    return SolverState(x, inner, inner.value)
+
+
+def _optax_epoch(state, vgg, targets, cfg, scfg):
+    tx = _optax_tx(scfg)
+    f = _objective(vgg, targets, cfg)
+    value_and_grad = (optax.value_and_grad_from_state(f) if scfg.kind == "optax-lbfgs"
+                      else jax.value_and_grad(f))
+
+    def body(_, carry):
+        x, inner, _ = carry
+        if scfg.kind == "optax-lbfgs":
+            value, grad = value_and_grad(x, state=inner)
+            updates, inner = tx.update(grad, inner, x, value=value, grad=grad, value_fn=f)
+        else:
+            value, grad = value_and_grad(x)
+            updates, inner = tx.update(grad, inner, x)
+        return optax.apply_updates(x, updates), inner, value
+
+    x, inner, value = jax.lax.fori_loop(0, scfg.iterations, body,
+                                        (state.image, state.inner, state.value))
+    if scfg.kind == "optax-lbfgs":
+        value = optax.tree_utils.tree_get(inner, "value")
+    return SolverState(x, inner, value)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "scfg"), donate_argnames=("state",))
+def run_epoch(state: SolverState, vgg, targets, *, cfg: LossConfig,
+              scfg: SolverConfig) -> SolverState:
+    """Runs ``scfg.iterations`` solver iterations from ``state``; one compiled call.
+
+    ``state`` is donated: don't read it after the call. The returned ``value`` is the loss at
+    the returned image (for Adam, at the image before the last update).
+    """
+    if scfg.kind == "lbfgs":
+        return _jaxopt_epoch(state, vgg, targets, cfg, scfg)
+    return _optax_epoch(state, vgg, targets, cfg, scfg)

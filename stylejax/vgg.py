@@ -1,0 +1,180 @@
+"""VGG-19's convolutional part as a Flax (linen) module, and `extract_features`.
+
+Layer names: ``convB_I`` is convolution I of block B before its ReLU, ``reluB_I`` after it,
+``poolB`` the block's 2x2 pooling. The network is evaluated only as deep as the deepest
+requested layer.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from stylejax.errors import StylejaxError
+from stylejax.weights import CONV_SPECS, Vgg19
+
+
+def _layer_names() -> tuple[str, ...]:
+    names, block = [], 1
+    for conv, _, _ in CONV_SPECS:
+        b = int(conv[4])
+        if b != block:
+            names.append(f"pool{block}")
+            block = b
+        names += [conv, conv.replace("conv", "relu")]
+    names.append(f"pool{block}")
+    return tuple(names)
+
+
+LAYERS: tuple[str, ...] = _layer_names()
+"""All 37 layer names in network order: conv1_1, relu1_1, conv1_2, ..., pool5."""
+
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv(x, kernel):
+    return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_DN)
+
+
+@jax.custom_vjp
+def conv3x3(x, kernel):
+    """3x3 'same' convolution, NHWC x HWIO -> NHWC, no bias.
+
+    Same values and gradients as `lax.conv_general_dilated`; only the input gradient is
+    computed differently (see `_conv3x3_bwd`).
+    """
+    return _conv(x, kernel)
+
+
+def _conv3x3_fwd(x, kernel):
+    return _conv(x, kernel), (x, kernel)
+
+
+def _conv3x3_bwd(res, g):
+    # The input gradient of a stride-1 'same' 3x3 convolution is a forward convolution of g
+    # with the spatially flipped kernel whose in/out channels are swapped. Written this way
+    # XLA CPU keeps its fast convolution path inside while-loop bodies (a line search, a
+    # fori_loop of solver steps); JAX's own transpose rule there ran 3.5-4x slower.
+    x, kernel = res
+    dx = _conv(g, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2))
+    _, kernel_vjp = jax.vjp(lambda k: _conv(x, k), kernel)
+    return dx, kernel_vjp(g)[0]
+
+
+conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+
+
+def pool2x2(x, pooling: str):
+    """2x2 pooling with stride 2 ('valid': an odd last row/column is dropped, as in Caffe
+    with floor rounding, Keras and torchvision)."""
+    window, strides = (1, 2, 2, 1), (1, 2, 2, 1)
+    if pooling == "max":
+        return lax.reduce_window(x, -jnp.inf, lax.max, window, strides, "VALID")
+    if pooling == "avg":
+        return lax.reduce_window(x, 0.0, lax.add, window, strides, "VALID") * 0.25
+    raise StylejaxError(f"Unknown pooling {pooling!r}: use 'max' or 'avg'.")
+
+
+class Conv3x3(nn.Module):
+    """A 3x3 'same' convolution with bias; parameters ``kernel`` [3,3,Cin,Cout], ``bias``."""
+
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.initializers.he_normal(),
+                            (3, 3, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        y = conv3x3(x.astype(self.dtype), kernel.astype(self.dtype))
+        return y + bias.astype(self.dtype)
+
+
+class VGG19Features(nn.Module):
+    """VGG-19 up to the deepest of ``layers``; returns ``{name: [N, h, w, C]}`` for ``layers``.
+
+    Input: preprocessed NHWC images (see `preprocess`). ``dtype`` is the activation dtype
+    (float32, or bfloat16 on GPU/TPU); parameters stay float32.
+    """
+
+    layers: tuple[str, ...]
+    pooling: str = "max"
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        wanted = set(self.layers)
+        deepest = max(LAYERS.index(name) for name in self.layers)
+        out = {}
+        convs = iter(CONV_SPECS)
+        for name in LAYERS[: deepest + 1]:
+            if name.startswith("conv"):
+                _, _, cout = next(convs)
+                x = Conv3x3(cout, self.dtype, name=name)(x)
+            elif name.startswith("relu"):
+                x = nn.relu(x)
+            else:
+                x = pool2x2(x, self.pooling)
+            if name in wanted:
+                out[name] = x
+        return out
+
+
+def preprocess(vgg: Vgg19, images):
+    """Maps float RGB images in [0, 1] (NHWC) to the network's input for ``vgg``'s source."""
+    p = vgg.preprocess
+    x = images * p.scale
+    if p.channels == "bgr":
+        x = x[..., ::-1]
+    return (x - jnp.asarray(p.mean, x.dtype)) / jnp.asarray(p.std, x.dtype)
+
+
+def min_size(layers: Iterable[str]) -> int:
+    """Smallest height/width (px) for which every layer in ``layers`` is at least 1x1."""
+    pools = max(int(name[4]) if name.startswith("pool") else int(name[4]) - 1
+                for name in layers)
+    return 2 ** pools
+
+
+def check_layers(layers: Sequence[str]) -> tuple[str, ...]:
+    """Returns ``layers`` as a tuple, raising StylejaxError on an unknown name."""
+    layers = tuple(layers)
+    unknown = [name for name in layers if name not in LAYERS]
+    if unknown or not layers:
+        raise StylejaxError(
+            f"Unknown VGG-19 layer name(s) {', '.join(unknown) or '(none given)'}: valid names "
+            f"are convB_I / reluB_I (B=1..5; I=1..2 for blocks 1-2, 1..4 for 3-5) and pool1..pool5.")
+    return layers
+
+
+def extract_features(vgg: Vgg19, images, layers: Sequence[str], pooling: str = "max",
+                     dtype=jnp.float32) -> dict:
+    """VGG-19 activations of ``images`` at ``layers``.
+
+    Args:
+      vgg: the bundle from `load_vgg19`.
+      images: float RGB in [0, 1], [N, H, W, 3] (a single [H, W, 3] image is also accepted
+        and gets a batch axis of 1).
+      layers: names from `LAYERS`, e.g. ``("relu1_1", "relu4_2")``.
+      pooling: "max" (as trained) or "avg" (Gatys et al.'s choice for synthesis).
+      dtype: activation dtype; float32 by default, bfloat16 for speed on GPU/TPU.
+    Returns:
+      ``{name: [N, h, w, C]}``, where h and w shrink by 2 after each pooling (floor).
+    """
+    layers = check_layers(layers)
+    images = jnp.asarray(images, jnp.float32)
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise StylejaxError(f"Images must be [N, H, W, 3] RGB, got shape {images.shape}.")
+    need = min_size(layers)
+    if min(images.shape[1:3]) < need:
+        raise StylejaxError(
+            f"The image is {images.shape[2]}x{images.shape[1]} px, too small for layer "
+            f"{max(layers, key=LAYERS.index)}: it needs at least {need} px on each side.")
+    model = VGG19Features(layers=layers, pooling=pooling, dtype=dtype)
+    return model.apply({"params": vgg.params}, preprocess(vgg, images).astype(dtype))
