@@ -1,0 +1,62 @@
+"""Session-wide fixtures: random VGG-19 weights converted once, small test images."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+from fixtures import random_vgg_params  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def vgg_params():
+    """Random He-initialised VGG-19 params (numpy, HWIO)."""
+    return random_vgg_params(seed=0)
+
+
+@pytest.fixture(scope="session")
+def weights_path(vgg_params, tmp_path_factory):
+    """A converted stylejax weight file (Caffe preprocessing) holding ``vgg_params``."""
+    from stylejax.weights import CAFFE, save_vgg19
+
+    path = tmp_path_factory.mktemp("weights") / "vgg19.msgpack"
+    save_vgg19(path, vgg_params, preprocess=CAFFE, source="test:random")
+    return path
+
+
+@pytest.fixture(scope="session")
+def vgg(weights_path):
+    import stylejax
+
+    return stylejax.load_vgg19(weights_path)
+
+
+def smooth_image(h, w, seed):
+    """A smooth random RGB image in [0, 1] (low-frequency, like a photo), [h, w, 3] float32."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    img = np.zeros((h, w, 3))
+    for _ in range(4):
+        fy, fx, ph = rng.uniform(0.5, 4, 2).tolist() + [rng.uniform(0, 6.3)]
+        img += rng.uniform(0.1, 0.3, 3) * np.sin(2 * np.pi * (fy * y + fx * x) + ph)[..., None]
+    img += rng.normal(0, 0.03, img.shape)
+    return np.clip(0.5 + img, 0, 1).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def content_image():
+    return smooth_image(32, 40, seed=1)
+
+
+@pytest.fixture(scope="session")
+def style_image():
+    return smooth_image(48, 36, seed=2)

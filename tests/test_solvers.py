@@ -1,0 +1,61 @@
+"""Solvers: state carried across epochs, loss falling, and no recompilation after epoch 1."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import stylejax
+from stylejax.solvers import SolverConfig, init_state, run_epoch
+
+CFG = stylejax.preset_config("johnson")
+
+
+@pytest.fixture(scope="module")
+def targets(vgg, content_image, style_image):
+    return stylejax.make_targets(vgg, content_image, style_image, CFG)
+
+
+def _run(vgg, targets, content, scfg, epochs):
+    state = init_state(scfg, vgg, jnp.asarray(content[None]), targets, CFG)
+    values = [float(state.value)]
+    for _ in range(epochs):
+        state = run_epoch(state, vgg, targets, cfg=CFG, scfg=scfg)
+        values.append(float(state.value))
+    return np.asarray(state.image), values
+
+
+@pytest.mark.parametrize("kind,lr", [("lbfgs", 0.0), ("lbfgs", 1e-4), ("optax-lbfgs", 0.0),
+                                     ("adam", 0.02)])
+def test_state_is_carried_across_epochs(kind, lr, vgg, targets, content_image):
+    """Two epochs of 3 iterations equal one epoch of 6: nothing restarts between epochs."""
+    image_a, values_a = _run(vgg, targets, content_image, SolverConfig(kind, 3, lr, 10), 2)
+    image_b, values_b = _run(vgg, targets, content_image, SolverConfig(kind, 6, lr, 10), 1)
+    np.testing.assert_allclose(image_a, image_b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(values_a[-1], values_b[-1], rtol=1e-4)
+    assert values_a[-1] < values_a[0]
+
+
+def test_lbfgs_loss_falls_every_epoch(vgg, targets, content_image):
+    _, values = _run(vgg, targets, content_image, SolverConfig("lbfgs", 3, history=10), 4)
+    assert all(b < a for a, b in zip(values, values[1:])), values
+
+
+def test_no_recompilation_after_first_epoch(vgg, targets, content_image):
+    scfg = SolverConfig("lbfgs", 2, history=10)
+    state = init_state(scfg, vgg, jnp.asarray(content_image[None]), targets, CFG)
+    state = run_epoch(state, vgg, targets, cfg=CFG, scfg=scfg)
+    compiled = run_epoch._cache_size()
+    with jax.log_compiles(True):
+        for _ in range(3):
+            state = run_epoch(state, vgg, targets, cfg=CFG, scfg=scfg)
+    jax.block_until_ready(state)
+    assert run_epoch._cache_size() == compiled
+
+
+def test_bad_solver_settings():
+    for bad in (dict(kind="sgd"), dict(iterations=0), dict(lr=-1.0), dict(history=0)):
+        with pytest.raises(stylejax.StylejaxError):
+            SolverConfig(**bad)
