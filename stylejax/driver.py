@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import hashlib
 import io
 import json
 import math
+import signal
 import sys
 import time
 import warnings
@@ -21,10 +24,12 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import serialization
 
 from stylejax import images as imageio
 from stylejax.errors import StylejaxError
 from stylejax.losses import PRESETS, LossConfig, make_targets, preset_config
+from stylejax.vgg import min_size
 from stylejax.solvers import OPTIMIZERS, SolverConfig, init_state, run_epoch
 from stylejax.weights import atomic_write_bytes, load_vgg19
 
@@ -57,6 +62,23 @@ def initial_image(init, content, seed: int = 0) -> jax.Array:
     return jnp.asarray(imageio.resize(a, *content.shape[1:3]))[None]
 
 
+def run_epochs(vgg, targets, cfg: LossConfig, scfg: SolverConfig, state, last: int,
+               first: int = 1):
+    """Runs epochs ``first..last`` from ``state``; yields ``(epoch, state, loss)`` after each.
+
+    The consumer may read or save ``state`` before asking for the next epoch (which donates
+    it). Raises StylejaxError when the loss stops being finite.
+    """
+    for epoch in range(first, last + 1):
+        state = run_epoch(state, vgg, targets, cfg=cfg, scfg=scfg)
+        loss = float(state.value)  # the one host sync per epoch
+        if not math.isfinite(loss):
+            raise StylejaxError(
+                f"The loss became {loss} in epoch {epoch}; stopped, keeping the last good "
+                "image: lower --lr or the loss weights, or use --optimizer optax-lbfgs.")
+        yield epoch, state, loss
+
+
 def stylize(vgg, content, style, cfg: LossConfig, *, epochs: int, max_iter: int,
             optimizer: str = "lbfgs", lr: float = 0.0, init="content", seed: int = 0,
             callback: Optional[Callable] = None, history: int = 100,
@@ -83,19 +105,14 @@ def stylize(vgg, content, style, cfg: LossConfig, *, epochs: int, max_iter: int,
     targets = make_targets(vgg, content, style, cfg, style_blend_weights)
     state = init_state(scfg, vgg, initial_image(init, content, seed), targets, cfg)
     result = StylizeResult(image=np.asarray(state.image))
-    for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
-        state = run_epoch(state, vgg, targets, cfg=cfg, scfg=scfg)
-        loss = float(state.value)  # the one host sync per epoch
+    start = time.perf_counter()
+    for epoch, state, loss in run_epochs(vgg, targets, cfg, scfg, state, epochs):
         result.seconds.append(time.perf_counter() - start)
-        if not math.isfinite(loss):
-            raise StylejaxError(
-                f"The loss became {loss} in epoch {epoch}; stopped, keeping the last good "
-                "image: lower --lr or the loss weights, or use --optimizer optax-lbfgs.")
         result.image = np.asarray(state.image)
         result.losses.append(loss)
         if callback is not None:
             callback(epoch, result.image, loss)
+        start = time.perf_counter()
     return result
 
 
@@ -155,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="VGG activations; bfloat16 for GPU/TPU (Grams and loss stay float32)")
     p.add_argument("--max-pixels", type=int, default=imageio.DEFAULT_MAX_PIXELS,
                    help="refuse input images with more pixels than this")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint in --out (same flags; --epochs may grow)")
     return p
 
 
@@ -219,37 +238,108 @@ def prepare_images(rc: RunConfig, content_path, style_path, max_pixels):
     else:
         style = imageio.resize(style, *imageio.fit_size(
             *style.shape[:2], max(1, round(max(h, w) * rc.style_scale)), "long"))
+    need = min_size(rc.loss.layers)
+    for name, image in (("content", content), ("style", style)):
+        if min(image.shape[:2]) < need:
+            raise StylejaxError(
+                f"The {name} image is {image.shape[1]}x{image.shape[0]} px after resizing, too "
+                f"small for the chosen layers: they need at least {need} px on each side "
+                "(raise --size or --style-scale).")
     return content, style
 
 
-class _Outputs:
-    """Snapshots, the final image, the contact sheet and the loss log, all written atomically."""
+CHECKPOINT = "checkpoint.msgpack"
 
-    def __init__(self, out: Path, rc: RunConfig):
-        self.out, self.rc = out, rc
-        self.frames, self.labels, self.log = [], [], []
+
+def _identity(rc: RunConfig, content_path, style_path) -> dict:
+    """What a checkpoint must share with the command that resumes it (epochs may grow)."""
+    ident = dataclasses.asdict(rc)
+    for key in ("epochs", "snapshot_every"):
+        ident.pop(key)
+    ident["inputs"] = [hashlib.sha256(Path(p).read_bytes()).hexdigest()
+                       for p in (content_path, style_path)]
+    return json.loads(json.dumps(ident))  # tuples -> lists, as they come back from JSON
+
+
+class _Outputs:
+    """Snapshots, final image, contact sheet, loss log and checkpoint, all written atomically."""
+
+    def __init__(self, out: Path, rc: RunConfig, identity: dict):
+        self.out, self.rc, self.identity = out, rc, identity
+        self.log = []
 
     def epoch(self, epoch, image, loss, seconds):
+        snapshot = epoch % self.rc.snapshot_every == 0 or epoch == self.rc.epochs
         self.log.append({"epoch": epoch, "iterations": epoch * self.rc.max_iter,
-                         "loss": loss, "seconds": seconds})
-        if epoch % self.rc.snapshot_every == 0 or epoch == self.rc.epochs:
-            imageio.save_image(self.out / f"snapshot_{epoch:04d}.png", image)
-            self.frames.append(image[0])
-            self.labels.append(f"epoch {epoch}  loss {loss:.4g}")
+                         "loss": loss, "seconds": seconds,
+                         "snapshot": f"snapshot_{epoch:04d}.png" if snapshot else ""})
+        if snapshot:
+            imageio.save_image(self.out / self.log[-1]["snapshot"], image)
         self.write_log()
+        return snapshot
 
     def write_log(self):
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, ["epoch", "iterations", "loss", "seconds"])
+        writer = csv.DictWriter(buf, ["epoch", "iterations", "loss", "seconds", "snapshot"])
         writer.writeheader()
         writer.writerows(self.log)
         atomic_write_bytes(self.out / "losses.csv", buf.getvalue().encode())
         atomic_write_bytes(self.out / "losses.json", json.dumps(self.log, indent=1).encode())
 
-    def finish(self, content, image):
-        imageio.save_image(self.out / "final.png", image)
+    def checkpoint(self, epoch, state):
+        record = {"format": "stylejax-checkpoint", "version": 1, "epoch": epoch,
+                  "identity": json.dumps(self.identity), "log": json.dumps(self.log),
+                  "state": serialization.to_state_dict(state)}
+        atomic_write_bytes(self.out / CHECKPOINT, serialization.msgpack_serialize(record))
+
+    def resume(self, template):
+        """Reads the checkpoint into a state shaped like ``template``; returns (epoch, state)."""
+        path = self.out / CHECKPOINT
+        if not path.is_file():
+            raise StylejaxError(f"Nothing to resume: {path} does not exist (run without "
+                                "--resume to start afresh).")
+        try:
+            record = serialization.msgpack_restore(path.read_bytes())
+            identity = json.loads(record["identity"])
+        except Exception:  # msgpack and json raise several unrelated types for damaged input
+            raise StylejaxError(f"{path} is damaged: delete it and start afresh.") from None
+        if identity != self.identity:
+            changed = sorted(k for k in set(identity) | set(self.identity)
+                             if identity.get(k) != self.identity.get(k))
+            raise StylejaxError(
+                f"The checkpoint in {self.out} was made with other settings or images "
+                f"({', '.join(changed)} differ): resume with the original command, or use "
+                "another --out.")
+        self.log = [e for e in json.loads(record["log"]) if e["epoch"] <= record["epoch"]]
+        return record["epoch"], serialization.from_state_dict(template, record["state"])
+
+    def finish(self, content, image, name="final.png"):
+        imageio.save_image(self.out / name, image)
+        shots = [e for e in self.log if e["snapshot"] and (self.out / e["snapshot"]).is_file()]
+        frames = [imageio.load_image(self.out / e["snapshot"]) for e in shots]
         imageio.save_image(self.out / "contact_sheet.png", imageio.contact_sheet(
-            [content] + self.frames, ["content"] + self.labels))
+            [content] + frames, ["content"] + [f"epoch {e['epoch']}  loss {e['loss']:.4g}"
+                                               for e in shots]))
+
+
+class _StopOnSignal:
+    """First Ctrl-C / SIGTERM: finish the current epoch, then stop. Second: stop at once."""
+
+    def __init__(self):
+        self.requested = None
+
+    def _handle(self, signum, frame):
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self):
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -260,7 +350,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted; the snapshots written so far are kept.", file=sys.stderr)
+        print("error: interrupted; the snapshots and the last checkpoint are kept (resume "
+              "with the same command and --resume).", file=sys.stderr)
         return 130
 
 
@@ -272,26 +363,44 @@ def _main(argv) -> int:
     content, style = prepare_images(rc, args.content, args.style, args.max_pixels)
     init = rc.init if rc.init in ("content", "noise") else imageio.load_image(rc.init,
                                                                               args.max_pixels)
-    out = imageio.ensure_writable_dir(args.out)
     vgg = load_vgg19(args.weights)
-    outputs = _Outputs(out, rc)
-    bar = tqdm(total=rc.epochs, unit="epoch", file=sys.stderr, dynamic_ncols=True)
-    last = [time.perf_counter()]
-
-    def callback(epoch, image, loss):
-        now = time.perf_counter()
-        outputs.epoch(epoch, image, loss, now - last[0])
-        bar.set_postfix_str(f"loss {loss:.4g}, {rc.max_iter / (now - last[0]):.2f} it/s")
-        bar.update(1)
-        last[0] = now
-
+    out = imageio.ensure_writable_dir(args.out)
+    outputs = _Outputs(out, rc, _identity(rc, args.content, args.style))
+    scfg = SolverConfig(rc.optimizer, iterations=rc.max_iter, lr=rc.lr, history=rc.history)
+    targets = make_targets(vgg, content, style, rc.loss)
+    state = init_state(scfg, vgg, initial_image(init, content, rc.seed), targets, rc.loss)
+    done = 0
+    if args.resume:
+        done, state = outputs.resume(state)
+    image = np.asarray(state.image)
+    bar = tqdm(total=rc.epochs, initial=done, unit="epoch", file=sys.stderr,
+               dynamic_ncols=True)
+    last = time.perf_counter()
     try:
-        result = stylize(vgg, content, style, rc.loss, epochs=rc.epochs, max_iter=rc.max_iter,
-                         optimizer=rc.optimizer, lr=rc.lr, init=init, seed=rc.seed,
-                         callback=callback, history=rc.history)
+        with _StopOnSignal() as stop:
+            for epoch, state, loss in run_epochs(vgg, targets, rc.loss, scfg, state,
+                                                 rc.epochs, done + 1):
+                now = time.perf_counter()
+                image, done = np.asarray(state.image), epoch
+                if outputs.epoch(epoch, image, loss, now - last) or stop.requested:
+                    outputs.checkpoint(epoch, state)
+                bar.set_postfix_str(f"loss {loss:.4g}, {rc.max_iter / (now - last):.2f} it/s")
+                bar.update(1)
+                last = now
+                if stop.requested:
+                    break
+    except StylejaxError:
+        outputs.finish(content, image, "last.png")
+        raise
     finally:
         bar.close()
-    outputs.finish(content, result.image)
-    print(f"wrote {out / 'final.png'} (loss {result.losses[-1]:.6g} after "
-          f"{rc.epochs * rc.max_iter} iterations)")
+    if stop.requested:
+        outputs.finish(content, image, "last.png")
+        print(f"error: stopped by {stop.requested} after epoch {done}; wrote {out / 'last.png'} "
+              f"and a checkpoint: run the same command with --resume to continue.",
+              file=sys.stderr)
+        return 130
+    outputs.finish(content, image)
+    loss = f"loss {outputs.log[-1]['loss']:.6g} after " if outputs.log else ""
+    print(f"wrote {out / 'final.png'} ({loss}{done * rc.max_iter} iterations)")
     return 0

@@ -99,16 +99,23 @@ def check_params(params: Mapping[str, Mapping[str, Any]]) -> dict:
 
     Raises StylejaxError naming the first missing layer or wrong shape.
     """
-    if len(params) != len(CONV_SPECS):
+    if not isinstance(params, Mapping) or len(params) != len(CONV_SPECS):
         raise StylejaxError(
-            f"This is not a VGG-19 weight file: it has {len(params)} convolution layers, "
+            f"This is not a VGG-19 weight file: it has "
+            f"{len(params) if isinstance(params, Mapping) else 'no'} convolution layers, "
             f"VGG-19 has {len(CONV_SPECS)}.")
     out = {}
     for name, cin, cout in CONV_SPECS:
-        if name not in params:
-            raise StylejaxError(f"This is not a VGG-19 weight file: layer {name} is missing.")
-        kernel = np.asarray(params[name]["kernel"], dtype=np.float32)
-        bias = np.asarray(params[name]["bias"], dtype=np.float32)
+        layer = params.get(name)
+        if not isinstance(layer, Mapping) or not {"kernel", "bias"} <= set(layer):
+            raise StylejaxError(f"This is not a VGG-19 weight file: layer {name} is missing or "
+                                "lacks its kernel or bias.")
+        try:
+            kernel = np.asarray(layer["kernel"], dtype=np.float32)
+            bias = np.asarray(layer["bias"], dtype=np.float32)
+        except (TypeError, ValueError):
+            raise StylejaxError(f"This is not a VGG-19 weight file: {name} does not hold "
+                                "numeric arrays.") from None
         if kernel.shape != (3, 3, cin, cout) or bias.shape != (cout,):
             raise StylejaxError(
                 f"This is not a VGG-19 weight file: {name} has kernel {kernel.shape} and bias "
@@ -161,7 +168,8 @@ def save_vgg19(path, params, *, preprocess: Preprocess, source: str,
 
 
 def read_vgg19_file(path) -> dict:
-    """Reads and verifies a converted file; returns its record with numpy params."""
+    """Reads and verifies a converted file; returns its record with numpy params and a
+    `Preprocess`."""
     path = Path(path)
     if not path.is_file():
         raise StylejaxError(
@@ -179,8 +187,15 @@ def read_vgg19_file(path) -> dict:
         raise StylejaxError(
             f"{path} has format version {record.get('version')}, this stylejax reads "
             f"{VERSION}: convert the weights again.")
-    params = check_params(record["params"])
-    if params_checksum(params) != record.get("checksum"):
+    try:
+        params = check_params(record.get("params"))
+    except StylejaxError as e:
+        raise StylejaxError(f"{path}: {e}") from None
+    try:
+        record["preprocess"] = Preprocess.from_dict(record["preprocess"])
+    except (KeyError, TypeError, ValueError):
+        record["preprocess"] = None
+    if params_checksum(params) != record.get("checksum") or record["preprocess"] is None:
         raise StylejaxError(
             f"{path} fails its checksum (the file is damaged): convert the weights again "
             "with `python scripts/convert_weights.py`.")
@@ -207,5 +222,5 @@ def load_vgg19(path=None) -> Vgg19:
     record = read_vgg19_file(resolve_weights_path(path))
     params = {name: {k: jnp.asarray(v) for k, v in layer.items()}
               for name, layer in record["params"].items()}
-    return Vgg19(params=params, preprocess=Preprocess.from_dict(record["preprocess"]),
+    return Vgg19(params=params, preprocess=record["preprocess"],
                  source=str(record["source"]), normalized=bool(record.get("normalized", False)))

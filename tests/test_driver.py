@@ -37,7 +37,7 @@ def test_stylize_cli_writes_snapshots_sheet_and_log(tmp_path, weights_path, imag
                 "--epochs", 4, "--max-iter", 3, "--snapshot-every", 2, "--out", out)
     assert r.returncode == 0, r.stderr
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["contact_sheet.png", "final.png", "losses.csv", "losses.json",
+    assert names == ["checkpoint.msgpack", "contact_sheet.png", "final.png", "losses.csv", "losses.json",
                      "snapshot_0002.png", "snapshot_0004.png"]
     final = np.asarray(Image.open(out / "final.png"))
     assert final.shape == (48, 64, 3)
