@@ -168,8 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                                "style layer")
     p.add_argument("--style-scale", type=float, default=1.0,
                    help="style image size relative to the output size (default 1)")
-    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
-                   help="VGG activations; bfloat16 for GPU/TPU (Grams and loss stay float32)")
+    p.add_argument("--precision", choices=("f32", "bf16", "float32", "bfloat16"), default="f32",
+                   help="VGG activations: f32, or bf16 for GPU/TPU (Grams, loss, image and "
+                        "L-BFGS memory stay float32)")
     p.add_argument("--max-pixels", type=int, default=imageio.DEFAULT_MAX_PIXELS,
                    help="refuse input images with more pixels than this")
     p.add_argument("--resume", action="store_true",
@@ -209,7 +210,8 @@ def run_config(args) -> RunConfig:
     if args.style_layers is not None and args.style_layer_weights is None:
         overrides["style_layer_weights"] = (1.0,) * len(args.style_layers) \
             if args.preset == "johnson" else None
-    loss = preset_config(args.preset, dtype=args.precision, **overrides)
+    dtype = {"f32": "float32", "bf16": "bfloat16"}.get(args.precision, args.precision)
+    loss = preset_config(args.preset, dtype=dtype, **overrides)
     pick = lambda flag, key: preset[key] if flag is None else flag  # noqa: E731
     rc = RunConfig(
         loss=loss, size=pick(args.size, "size"),

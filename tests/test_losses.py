@@ -125,3 +125,15 @@ def test_presets_and_validation():
             LossConfig(**bad)
     with pytest.raises(stylejax.StylejaxError, match="gatys, johnson, seed"):
         preset_config("picasso")
+
+
+def test_bfloat16_activations_stay_within_one_percent(vgg, content_image, style_image):
+    """--precision bf16 (for GPU/TPU): bf16 convolutions, f32 Grams and loss."""
+    image = jnp.asarray(content_image[None] * 0.8 + 0.1)
+    values = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = LossConfig(dtype=dtype)
+        targets = stylejax.make_targets(vgg, content_image, style_image, cfg)
+        values[dtype] = float(stylejax.loss_fn(vgg, image, targets, cfg))
+    assert values["bfloat16"] != values["float32"]  # it really ran in another precision
+    np.testing.assert_allclose(values["bfloat16"], values["float32"], rtol=1e-2)

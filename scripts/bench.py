@@ -1,0 +1,297 @@
+#!/usr/bin/env python
+"""Benchmark: stylejax against a PyTorch implementation of the same loss, in one process.
+
+    python scripts/bench.py [--sizes 256,512] [--converge-size 256] [--json bench.json]
+
+Prints a table (and writes JSON with --json) of: value+grad time at each size against
+PyTorch (same formulas, same random weights, float32, same thread count, interleaved,
+best of N); the FLOP/s our step achieves against a large XLA f32 matmul on the same device;
+compile time of the first epoch and steady time per L-BFGS iteration; time for each of our
+optimizers to reach the loss torch.optim.LBFGS reaches in 200 iterations; and peak memory
+(RSS on CPU, device statistics on GPU) of each side, each measured in a fresh subprocess.
+Weights are random (He-initialised): timings do not depend on their values. torch is a
+benchmark-only dependency. Takes about 8 minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import _bootstrap  # noqa: F401
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import stylejax  # noqa: E402
+from stylejax import images as imageio  # noqa: E402
+from stylejax.solvers import SolverConfig, init_state, run_epoch  # noqa: E402
+from stylejax.vgg import LAYERS  # noqa: E402
+from stylejax.weights import CAFFE, CONV_SPECS, Vgg19  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "images"
+
+
+def bench_config(dtype="float32"):
+    """johnson preset: style relu1_1..relu5_1, content relu4_2, TV on."""
+    return stylejax.preset_config("johnson", dtype=dtype)
+
+
+def make_vgg(seed=0):
+    from fixtures import random_vgg_params
+
+    params = jax.tree.map(jnp.asarray, random_vgg_params(seed))
+    return Vgg19(params=params, preprocess=CAFFE, source="bench:random"), random_vgg_params(seed)
+
+
+def bench_images(size):
+    """(content, style) float [size, size, 3]: the paper's pair when present, else synthetic."""
+    paths = SHARED / "tubingen.jpg", SHARED / "starry_night.jpg"
+    if all(p.exists() for p in paths):
+        return tuple(imageio.resize(imageio.load_image(p), size, size) for p in paths)
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:size, 0:size] / size
+    content = np.stack([0.5 + 0.4 * np.sin(6 * x + c) * np.cos(4 * y) for c in range(3)], -1)
+    style = np.clip(rng.random((size, size, 3)) * 0.3 + 0.35 + 0.3 * np.sin(20 * x)[..., None],
+                    0, 1)
+    return content.astype(np.float32), style.astype(np.float32)
+
+
+def conv_flops(height, width, layers):
+    """FLOPs (multiply + add = 2) of the 3x3 convolutions VGG-19 evaluates for ``layers`` on
+    one [height, width] image: the forward pass and, again, the input gradient."""
+    deepest = max(LAYERS.index(name) for name in layers)
+    total, h, w, block = 0, height, width, 1
+    for name, cin, cout in CONV_SPECS:
+        if LAYERS.index(name) > deepest:
+            break
+        b = int(name[4])
+        for _ in range(b - block):
+            h, w = h // 2, w // 2
+        block = b
+        total += 2 * 9 * cin * cout * h * w
+    return 2 * total  # forward + input gradient (the kernel gradient is not needed)
+
+
+def best_time(fn, repeats):
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_peak(n=4096, repeats=5):
+    """Measured f32 FLOP/s of an n x n x n matmul through XLA on the default device."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    mm = jax.jit(lambda a, b: a @ b)
+    mm(a, b).block_until_ready()
+    return 2 * n ** 3 / best_time(lambda: mm(a, b).block_until_ready(), repeats)
+
+
+def torch_setup(np_params, content, style, cfg, dtype_name="float32"):
+    import torch
+
+    from torch_reference import TorchLoss, nhwc_to_torch, torch_layers
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = getattr(torch, dtype_name)
+    layers = [(n, w.to(dev), b.to(dev)) for n, w, b in torch_layers(np_params, dtype)]
+    loss = TorchLoss(layers, nhwc_to_torch(content[None], dtype).to(dev),
+                     nhwc_to_torch(style[None], dtype).to(dev), cfg)
+    x0 = nhwc_to_torch(content[None], dtype).to(dev)
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    return torch, loss, x0, sync
+
+
+def value_and_grad_race(vgg, np_params, size, repeats):
+    """Best-of-N value+grad time of both implementations, interleaved."""
+    cfg = bench_config()
+    content, style = bench_images(size)
+    targets = stylejax.make_targets(vgg, content, style, cfg)
+    vg = jax.jit(jax.value_and_grad(stylejax.loss_fn, argnums=1), static_argnames="cfg")
+    x = jnp.asarray(content[None])
+    jax.block_until_ready(vg(vgg, x, targets, cfg=cfg))
+    torch, tloss, x0, sync = torch_setup(np_params, content, style, cfg)
+    xt = x0.clone().requires_grad_(True)
+
+    def torch_step():
+        xt.grad = None
+        tloss(xt).backward()
+        sync()
+
+    torch_step()
+    ours = theirs = float("inf")
+    for _ in range(repeats):
+        ours = min(ours, best_time(lambda: jax.block_until_ready(vg(vgg, x, targets, cfg=cfg)), 1))
+        theirs = min(theirs, best_time(torch_step, 1))
+    flops = conv_flops(size, size, cfg.layers)
+    return {"size": size, "stylejax_s": ours, "torch_s": theirs, "ratio": ours / theirs,
+            "conv_gflop": flops / 1e9, "stylejax_gflops": flops / ours / 1e9,
+            "torch_gflops": flops / theirs / 1e9}
+
+
+def epoch_timing(vgg, size, iterations):
+    """Compile time of the first epoch, then steady seconds per L-BFGS iteration."""
+    cfg = bench_config()
+    content, style = bench_images(size)
+    targets = stylejax.make_targets(vgg, content, style, cfg)
+    scfg = SolverConfig("lbfgs", iterations=iterations)
+    start = time.perf_counter()
+    state = init_state(scfg, vgg, jnp.asarray(content[None]), targets, cfg)
+    compiled = run_epoch.lower(state, vgg, targets, cfg=cfg, scfg=scfg).compile()
+    compile_s = time.perf_counter() - start
+    state = compiled(state, vgg, targets)
+    float(state.value)
+    start = time.perf_counter()
+    state = compiled(state, vgg, targets)
+    float(state.value)
+    per_iter = (time.perf_counter() - start) / iterations
+    return {"size": size, "compile_s": compile_s, "per_iteration_s": per_iter,
+            "compile_share_of_1000_iterations": compile_s / (compile_s + 1000 * per_iter)}
+
+
+def torch_lbfgs(np_params, content, style, iterations):
+    cfg = bench_config()
+    torch, tloss, x0, sync = torch_setup(np_params, content, style, cfg)
+    x = x0.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([x], lr=1, max_iter=iterations, history_size=100,
+                            line_search_fn="strong_wolfe", tolerance_grad=0,
+                            tolerance_change=0)
+    evals = [0]
+
+    def closure():
+        opt.zero_grad()
+        loss = tloss(x)
+        loss.backward()
+        evals[0] += 1
+        return loss
+
+    start = time.perf_counter()
+    opt.step(closure)
+    sync()
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        loss = float(tloss(x))
+    return {"seconds": seconds, "loss": loss, "evaluations": evals[0]}
+
+
+def time_to_loss(vgg, content, style, target, kind, budget_s, iterations=10):
+    """Runs our ``kind`` optimizer in epochs of ``iterations`` until the loss <= target.
+
+    ``seconds`` counts everything from the first call (targets, compilation, solving);
+    ``solve_s`` leaves out the one-off compilation.
+    """
+    cfg = bench_config()
+    scfg = SolverConfig(kind, iterations=iterations, lr=0.02 if kind == "adam" else 0.0)
+    start = time.perf_counter()
+    targets = stylejax.make_targets(vgg, content, style, cfg)
+    state = init_state(scfg, vgg, jnp.asarray(content[None]), targets, cfg)
+    epoch = run_epoch.lower(state, vgg, targets, cfg=cfg, scfg=scfg).compile()
+    compile_s = time.perf_counter() - start
+    loss, done = float(state.value), 0
+    while loss > target and time.perf_counter() - start < budget_s:
+        state = epoch(state, vgg, targets)
+        loss, done = float(state.value), done + iterations
+    total = time.perf_counter() - start
+    return {"optimizer": kind, "seconds": total, "solve_s": total - compile_s,
+            "compile_s": compile_s, "reached": loss <= target, "loss": loss,
+            "iterations": done}
+
+
+def peak_memory(side, size):
+    """Peak memory of a value+grad at ``size`` in a fresh process ("jax" or "torch")."""
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_memory.py"), side,
+                          str(size)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", default="256,512")
+    p.add_argument("--repeats", type=int, default=4)
+    p.add_argument("--converge-size", type=int, default=256)
+    p.add_argument("--converge-iters", type=int, default=200)
+    p.add_argument("--optimizers", default="lbfgs,optax-lbfgs,adam")
+    p.add_argument("--skip", default="", help="comma-separated sections to skip: "
+                                              "race,peak,epoch,converge,memory")
+    p.add_argument("--json")
+    args = p.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    import torch
+
+    torch.set_num_threads(os.cpu_count() if jax.default_backend() == "cpu" else 1)
+    skip = set(args.skip.split(","))
+    report = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
+              "jax": jax.__version__, "torch": torch.__version__,
+              "torch_threads": torch.get_num_threads(),
+              "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    print(f"device: {report['device']} ({report['backend']}), jax {jax.__version__}, "
+          f"torch {torch.__version__} with {torch.get_num_threads()} threads", flush=True)
+    vgg, np_params = make_vgg()
+
+    if "race" not in skip:
+        report["value_and_grad"] = []
+        print("\nvalue+grad (johnson, relu1_1..relu5_1 + relu4_2, TV), best of "
+              f"{args.repeats}, interleaved:\n  size   stylejax      torch   ratio   GFLOP/s ours/torch")
+        for size in sizes:
+            r = value_and_grad_race(vgg, np_params, size, args.repeats)
+            report["value_and_grad"].append(r)
+            print(f"  {size:4d}  {r['stylejax_s'] * 1e3:7.0f} ms {r['torch_s'] * 1e3:7.0f} ms"
+                  f"  {r['ratio']:5.2f}x  {r['stylejax_gflops']:6.1f} / {r['torch_gflops']:.1f}",
+                  flush=True)
+    if "peak" not in skip:
+        peak = matmul_peak()
+        report["matmul_peak_gflops"] = peak / 1e9
+        print(f"\nXLA f32 matmul peak (4096^3): {peak / 1e9:.1f} GFLOP/s", flush=True)
+        for r in report.get("value_and_grad", []):
+            r["fraction_of_peak"] = r["stylejax_gflops"] * 1e9 / peak
+            print(f"  step at {r['size']} px: {100 * r['fraction_of_peak']:.0f}% of peak")
+    if "epoch" not in skip:
+        size = max(sizes)
+        r = epoch_timing(vgg, size, 10)
+        report["epoch"] = r
+        print(f"\nL-BFGS epoch at {size} px: compile {r['compile_s']:.1f} s, steady "
+              f"{r['per_iteration_s'] * 1e3:.0f} ms/iteration; compile is "
+              f"{100 * r['compile_share_of_1000_iterations']:.1f}% of a 1000-iteration run",
+              flush=True)
+    if "converge" not in skip:
+        content, style = bench_images(args.converge_size)
+        ref = torch_lbfgs(np_params, content, style, args.converge_iters)
+        report["converge"] = {"size": args.converge_size, "torch": ref, "ours": []}
+        print(f"\ntime to torch L-BFGS's {args.converge_iters}-iteration loss at "
+              f"{args.converge_size} px: torch {ref['seconds']:.1f} s to {ref['loss']:.6g} "
+              f"({ref['evaluations']} evaluations)", flush=True)
+        for kind in args.optimizers.split(","):
+            r = time_to_loss(vgg, content, style, ref["loss"], kind, 3 * ref["seconds"])
+            r["ratio"] = r["seconds"] / ref["seconds"]
+            report["converge"]["ours"].append(r)
+            status = "reached" if r["reached"] else "NOT reached"
+            print(f"  {kind:12s} {r['seconds']:6.1f} s ({r['ratio']:.2f}x; without the "
+                  f"{r['compile_s']:.1f} s compile {r['solve_s']:.1f} s, "
+                  f"{r['solve_s'] / ref['seconds']:.2f}x), {status} after {r['iterations']} "
+                  f"iterations, loss {r['loss']:.6g}", flush=True)
+    if "memory" not in skip:
+        size = max(sizes)
+        report["memory"] = [peak_memory(side, size) for side in ("jax", "torch")]
+        print(f"\npeak memory, value+grad at {size} px, each in a fresh process:")
+        for m in report["memory"]:
+            dev = f", device {m['device_peak_mb']:.0f} MB" if m["device_peak_mb"] else ""
+            print(f"  {m['side']:6s} RSS {m['peak_rss_mb']:.0f} MB{dev}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
