@@ -10,7 +10,8 @@ compile time of the first epoch and steady time per L-BFGS iteration; time for e
 optimizers to reach the loss torch.optim.LBFGS reaches in 200 iterations; and peak memory
 (RSS on CPU, device statistics on GPU) of each side, each measured in a fresh subprocess.
 Weights are random (He-initialised): timings do not depend on their values. torch is a
-benchmark-only dependency. Takes about 8 minutes on a 2-core CPU.
+benchmark-only dependency. Images: tubingen.jpg and starry_night.jpg from
+$STYLEJAX_BENCH_IMAGES or ../shared/images, else synthetic. About 8 minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from stylejax.solvers import SolverConfig, init_state, run_epoch  # noqa: E402
 from stylejax.vgg import LAYERS  # noqa: E402
 from stylejax.weights import CAFFE, CONV_SPECS, Vgg19  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "images"
+SHARED = Path(os.environ.get("STYLEJAX_BENCH_IMAGES", ROOT.parent / "shared" / "images"))
 
 
 def bench_config(dtype="float32"):

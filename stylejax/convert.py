@@ -735,7 +735,6 @@ def convert(source: str = "keras", out=None, preprocess: Preprocess | None = Non
 def main(argv=None) -> int:
     """Command line: converts VGG-19 weights; returns the exit status (0 ok, 1 error)."""
     parser = argparse.ArgumentParser(
-        prog="stylejax-convert",
         description="Download (or read) public VGG-19 weights and convert them for stylejax.")
     parser.add_argument(
         "--source", default="keras", metavar="keras|torchvision|PATH",
