@@ -17,6 +17,7 @@ $STYLEJAX_BENCH_IMAGES or ../shared/images, else synthetic. About 8 minutes on a
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -116,9 +117,10 @@ def torch_setup(np_params, content, style, cfg, dtype_name="float32"):
     return torch, loss, x0, sync
 
 
-def value_and_grad_race(vgg, np_params, size, repeats):
-    """Best-of-N value+grad time of both implementations, interleaved."""
-    cfg = bench_config()
+def value_and_grad_race(vgg, np_params, size, repeats, dtype="float32"):
+    """Best-of-N value+grad time of both implementations, interleaved. ``dtype`` is our VGG
+    activation precision; the PyTorch side stays float32."""
+    cfg = bench_config(dtype)
     content, style = bench_images(size)
     targets = stylejax.make_targets(vgg, content, style, cfg)
     vg = jax.jit(jax.value_and_grad(stylejax.loss_fn, argnums=1), static_argnames="cfg")
@@ -138,7 +140,7 @@ def value_and_grad_race(vgg, np_params, size, repeats):
         ours = min(ours, best_time(lambda: jax.block_until_ready(vg(vgg, x, targets, cfg=cfg)), 1))
         theirs = min(theirs, best_time(torch_step, 1))
     flops = conv_flops(size, size, cfg.layers)
-    return {"size": size, "stylejax_s": ours, "torch_s": theirs, "ratio": ours / theirs,
+    return {"size": size, "precision": dtype, "stylejax_s": ours, "torch_s": theirs, "ratio": ours / theirs,
             "conv_gflop": flops / 1e9, "stylejax_gflops": flops / ours / 1e9,
             "torch_gflops": flops / theirs / 1e9}
 
@@ -222,6 +224,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="256,512")
     p.add_argument("--repeats", type=int, default=4)
+    p.add_argument("--precision", default="float32",
+                   help="comma-separated VGG precisions for the race: float32,bfloat16")
     p.add_argument("--converge-size", type=int, default=256)
     p.add_argument("--converge-iters", type=int, default=200)
     p.add_argument("--optimizers", default="lbfgs,optax-lbfgs,adam")
@@ -245,13 +249,14 @@ def main():
     if "race" not in skip:
         report["value_and_grad"] = []
         print("\nvalue+grad (johnson, relu1_1..relu5_1 + relu4_2, TV), best of "
-              f"{args.repeats}, interleaved:\n  size   stylejax      torch   ratio   GFLOP/s ours/torch")
-        for size in sizes:
-            r = value_and_grad_race(vgg, np_params, size, args.repeats)
+              f"{args.repeats}, interleaved (torch in float32):\n"
+              "  size precision   stylejax      torch   ratio   GFLOP/s ours/torch")
+        for size, dtype in itertools.product(sizes, args.precision.split(",")):
+            r = value_and_grad_race(vgg, np_params, size, args.repeats, dtype)
             report["value_and_grad"].append(r)
-            print(f"  {size:4d}  {r['stylejax_s'] * 1e3:7.0f} ms {r['torch_s'] * 1e3:7.0f} ms"
-                  f"  {r['ratio']:5.2f}x  {r['stylejax_gflops']:6.1f} / {r['torch_gflops']:.1f}",
-                  flush=True)
+            print(f"  {size:4d} {dtype:9s} {r['stylejax_s'] * 1e3:7.0f} ms "
+                  f"{r['torch_s'] * 1e3:7.0f} ms  {r['ratio']:5.2f}x  "
+                  f"{r['stylejax_gflops']:6.1f} / {r['torch_gflops']:.1f}", flush=True)
     if "peak" not in skip:
         peak = matmul_peak()
         report["matmul_peak_gflops"] = peak / 1e9

@@ -71,12 +71,15 @@ conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
 def pool2x2(x, pooling: str):
     """2x2 pooling with stride 2 ('valid': an odd last row/column is dropped, as in Caffe
     with floor rounding, Keras and torchvision)."""
-    window, strides = (1, 2, 2, 1), (1, 2, 2, 1)
-    if pooling == "max":
-        return lax.reduce_window(x, -jnp.inf, lax.max, window, strides, "VALID")
-    if pooling == "avg":
-        return lax.reduce_window(x, 0.0, lax.add, window, strides, "VALID") * 0.25
-    raise StylejaxError(f"Unknown pooling {pooling!r}: use 'max' or 'avg'.")
+    if pooling not in ("max", "avg"):
+        raise StylejaxError(f"Unknown pooling {pooling!r}: use 'max' or 'avg'.")
+    n, h, w, c = x.shape
+    # A reshape and a reduction rather than lax.reduce_window: XLA CPU computes the max
+    # pool's gradient for reduce_window with select-and-scatter, 8x slower than the
+    # reduction's gradient (49 vs 6 ms for 256x256x64). Max-pool ties share the gradient;
+    # they only occur between zeros of the preceding ReLU, whose gradient is zero anyway.
+    blocks = x[:, : h // 2 * 2, : w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c)
+    return blocks.max(axis=(2, 4)) if pooling == "max" else blocks.mean(axis=(2, 4))
 
 
 class Conv3x3(nn.Module):
