@@ -31,8 +31,8 @@ def features(layers, x, wanted, pooling="max", scale=255.0, bgr=True,
     x = x * scale
     if bgr:
         x = x.flip(1)
-    x = (x - torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)) / \
-        torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
+    x = (x - torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)) / \
+        torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     out, remaining = {}, set(wanted)
     block = 1
     for name, w, b in layers:
