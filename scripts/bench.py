@@ -254,8 +254,8 @@ def main():
         for size, dtype in itertools.product(sizes, args.precision.split(",")):
             r = value_and_grad_race(vgg, np_params, size, args.repeats, dtype)
             report["value_and_grad"].append(r)
-            print(f"  {size:4d} {dtype:9s} {r['stylejax_s'] * 1e3:7.0f} ms "
-                  f"{r['torch_s'] * 1e3:7.0f} ms  {r['ratio']:5.2f}x  "
+            print(f"  {size:4d} {dtype:9s} {r['stylejax_s'] * 1e3:8.1f} ms "
+                  f"{r['torch_s'] * 1e3:8.1f} ms  {r['ratio']:5.2f}x  "
                   f"{r['stylejax_gflops']:6.1f} / {r['torch_gflops']:.1f}", flush=True)
     if "peak" not in skip:
         peak = matmul_peak()
@@ -263,7 +263,8 @@ def main():
         print(f"\nXLA f32 matmul peak (4096^3): {peak / 1e9:.1f} GFLOP/s", flush=True)
         for r in report.get("value_and_grad", []):
             r["fraction_of_peak"] = r["stylejax_gflops"] * 1e9 / peak
-            print(f"  step at {r['size']} px: {100 * r['fraction_of_peak']:.0f}% of peak")
+            print(f"  step at {r['size']} px ({r['precision']}): "
+                  f"{100 * r['fraction_of_peak']:.0f}% of that peak")
     if "epoch" not in skip:
         size = max(sizes)
         r = epoch_timing(vgg, size, 10)
