@@ -1,8 +1,12 @@
 """stylejax: neural style transfer (Gatys, Ecker & Bethge, CVPR 2016) as a functional JAX program."""
 
+from stylejax.batch import BatchResult, stylize_batch
+from stylejax.colour import match_color, match_luminance, restore_chroma
 from stylejax.driver import StylizeResult, stylize
 from stylejax.errors import StylejaxError
-from stylejax.losses import LossConfig, gram, loss_fn, loss_terms, make_targets, preset_config
+from stylejax.losses import (LossConfig, gram, loss_fn, loss_terms, make_targets, masked_gram,
+                              preset_config)
+from stylejax.normalize import normalize_vgg
 from stylejax.solvers import SolverConfig, init_state, run_epoch
 from stylejax.vgg import LAYERS, extract_features
 from stylejax.weights import Vgg19, load_vgg19
@@ -11,4 +15,6 @@ __all__ = [
     "LAYERS", "LossConfig", "SolverConfig", "StylejaxError", "StylizeResult", "Vgg19",
     "extract_features", "gram", "init_state", "load_vgg19", "loss_fn", "loss_terms",
     "make_targets", "preset_config", "run_epoch", "stylize",
+    "match_color", "match_luminance", "restore_chroma", "masked_gram", "normalize_vgg",
+    "BatchResult", "stylize_batch",
 ]

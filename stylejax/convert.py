@@ -694,16 +694,48 @@ def read_weights(path) -> tuple[dict, Preprocess, str]:
         f"{KERAS_NOTOP.filename} or torchvision's {TORCHVISION_VGG19.filename}.")
 
 
-def convert(source: str = "keras", out=None, preprocess: Preprocess | None = None) -> dict:
+def _normalized(params: dict, preprocess: Preprocess, folder, size: int) -> tuple[dict, int, int]:
+    """Gatys et al.'s normalised network from ``params``, calibrated on the images in
+    ``folder`` (``size`` px centre crops); returns (params, images used, dead filters)."""
+    import jax.numpy as jnp
+    from tqdm import tqdm
+
+    from stylejax import images
+    from stylejax.normalize import DEAD, channel_means, normalize_params
+    from stylejax.weights import Vgg19
+
+    files = images.image_files(folder)
+    vgg = Vgg19(params={k: {n: jnp.asarray(a) for n, a in v.items()} for k, v in params.items()},
+                preprocess=preprocess)
+    crops = tqdm(images.calibration_images(folder, size), total=len(files), unit="image",
+                 desc="calibrating", file=sys.stderr, leave=False)
+    means, n = channel_means(vgg, crops, "max")
+    dead = sum(int((m <= DEAD).sum()) for m in means.values())
+    return normalize_params(params, means), n, dead
+
+
+def convert(source: str = "keras", out=None, preprocess: Preprocess | None = None,
+            normalize=None, normalize_size: int = 224) -> dict:
     """Converts ``source`` ("keras", "torchvision" or a file path) and writes ``out``.
 
     ``out`` defaults to `weights.DEFAULT_PATH`; ``preprocess`` overrides the one implied by
-    the file's format. Returns ``{"out", "source", "checksum", "source_sha256"}``.
+    the file's format. ``normalize``: a folder of images; if given, the file holds Gatys et
+    al.'s normalised network calibrated on them (``normalize_size`` px centre crops, max
+    pooling; see `stylejax.normalize`) and is marked ``normalized``. Returns ``{"out",
+    "source", "checksum", "source_sha256"}``, plus ``"images"`` and ``"dead"`` (filters that
+    never fired, left unscaled) when normalising.
     """
     out = Path(out) if out is not None else DEFAULT_PATH
     if out.is_dir():
         raise StylejaxError(f"--out {out} is a directory: give a file path such as "
                             f"{out / 'vgg19.msgpack'}.")
+    if normalize is not None:
+        from stylejax.images import image_files
+
+        image_files(normalize)  # fail before any download
+        if normalize_size < 32:
+            raise StylejaxError(f"--normalize-size must be >= 32 px (VGG-19 pools five "
+                                f"times), got {normalize_size}.")
     if source in DOWNLOADS:
         path, sha256 = fetch(DOWNLOADS[source])
     else:
@@ -723,13 +755,19 @@ def convert(source: str = "keras", out=None, preprocess: Preprocess | None = Non
                     f"({problem}): download it again.")
     params, implied, kind = read_weights(path)
     label = f"{kind}:{path.name}"
+    extra = {}
+    if normalize is not None:
+        params, n, dead = _normalized(params, preprocess or implied, normalize, normalize_size)
+        label += f" normalized on {n} images ({normalize_size} px crops)"
+        extra = {"images": n, "dead": dead}
     try:
         checksum = save_vgg19(out, params, preprocess=preprocess or implied, source=label,
-                              source_sha256=sha256)
+                              source_sha256=sha256, normalized=normalize is not None)
     except OSError as e:
         raise StylejaxError(f"Could not write {out} ({_one_line(e)}): choose another --out "
                             "path.") from None
-    return {"out": out, "source": label, "checksum": checksum, "source_sha256": sha256}
+    return {"out": out, "source": label, "checksum": checksum, "source_sha256": sha256,
+            **extra}
 
 
 def main(argv=None) -> int:
@@ -746,10 +784,18 @@ def main(argv=None) -> int:
         "--preprocess", choices=["caffe", "torchvision"], default=None,
         help="override the input preprocessing recorded in the file (default: the one of "
              "the source: caffe for Keras files, torchvision for .pth files)")
+    parser.add_argument(
+        "--normalize", metavar="DIR", default=None,
+        help="write Gatys et al.'s normalised VGG-19 instead: each filter scaled so that its "
+             "mean activation over the images in DIR is 1 (a few hundred photographs, e.g. "
+             "ImageNet validation images)")
+    parser.add_argument("--normalize-size", type=int, default=224, metavar="PX",
+                        help="calibration crop size in px (default 224)")
     args = parser.parse_args(argv)
     override = {"caffe": CAFFE, "torchvision": TORCHVISION}.get(args.preprocess)
     try:
-        result = convert(args.source, args.out, preprocess=override)
+        result = convert(args.source, args.out, preprocess=override, normalize=args.normalize,
+                         normalize_size=args.normalize_size)
     except StylejaxError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
@@ -758,4 +804,7 @@ def main(argv=None) -> int:
         return 130
     print(f"Wrote {result['out']} from {result['source']} "
           f"(checksum {result['checksum'][:12]}).")
+    if result.get("dead"):
+        print(f"{result['dead']} filters never fired on the calibration images and keep "
+              "their scale.")
     return 0

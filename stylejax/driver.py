@@ -26,9 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
+from stylejax import colour
 from stylejax import images as imageio
 from stylejax.errors import StylejaxError
-from stylejax.losses import PRESETS, LossConfig, make_targets, preset_config
+from stylejax.losses import PRESETS, LossConfig, make_targets, network_warning, preset_config
 from stylejax.vgg import min_size
 from stylejax.solvers import OPTIMIZERS, SolverConfig, init_state, run_epoch
 from stylejax.weights import atomic_write_bytes, load_vgg19
@@ -41,11 +42,13 @@ warnings.filterwarnings("ignore", message="Some donated buffers were not usable"
 @dataclass
 class StylizeResult:
     """``image``: the final [1, H, W, 3] float32 image; ``losses``: the loss after each epoch;
-    ``seconds``: wall time of each epoch (the first includes compilation)."""
+    ``seconds``: wall time of each epoch (the first of each scale includes compilation);
+    ``sizes``: the (H, W) each epoch ran at (they change only with ``scales``)."""
 
     image: np.ndarray
     losses: list = field(default_factory=list)
     seconds: list = field(default_factory=list)
+    sizes: list = field(default_factory=list)
 
 
 def initial_image(init, content, seed: int = 0) -> jax.Array:
@@ -60,6 +63,128 @@ def initial_image(init, content, seed: int = 0) -> jax.Array:
         raise StylejaxError(f"Unknown init {init!r}: use content, noise, or an image path.")
     a = np.asarray(init, np.float32).reshape(tuple(np.shape(init)[-3:]))
     return jnp.asarray(imageio.resize(a, *content.shape[1:3]))[None]
+
+
+PRESERVE_COLORS = (None,) + colour.MODES
+
+
+@dataclass(frozen=True)
+class Stage:
+    """The inputs of one coarse-to-fine scale: ``content`` [h, w, 3] (also what colours are
+    restored from), ``styles`` [[h_i, w_i, 3]], optional ``content_masks`` [R, h, w] and
+    ``style_masks`` [[h_i, w_i] or None]."""
+
+    content: np.ndarray
+    styles: list
+    content_masks: Optional[np.ndarray] = None
+    style_masks: Optional[list] = None
+
+
+def stage_sizes(height: int, width: int, scales=None, edge: str = "long") -> list:
+    """(h, w) of each coarse-to-fine scale: ``scales`` px on the ``edge`` ("long"/"short")
+    side, or (h, w) pairs as given; None: one scale at (height, width)."""
+    if not scales:
+        return [(height, width)]
+    return [tuple(int(v) for v in s) if isinstance(s, (tuple, list))
+            else imageio.fit_size(height, width, int(s), edge) for s in scales]
+
+
+def _scaled_style_size(style_shape, content_size, factor, style_scale):
+    if style_scale is None:  # keep the style's size relative to the content as given
+        return max(1, round(style_shape[0] * factor)), max(1, round(style_shape[1] * factor))
+    return imageio.fit_size(*style_shape[:2], max(1, round(max(content_size) * style_scale)),
+                            "long")
+
+
+def stage_inputs(content, styles, size, content_masks=None, style_masks=None,
+                 style_scale=None) -> Stage:
+    """``content`` [H, W, 3] resized to ``size`` (h, w), and everything else to match.
+
+    Each style is scaled by the content's factor (``style_scale`` None) or to ``style_scale``
+    times the content's long side; masks follow their images (bilinear).
+    """
+    h, w = size
+    factor = max(h, w) / max(content.shape[:2])
+    resized, masks = [], []
+    for i, s in enumerate(styles):
+        sh, sw = _scaled_style_size(s.shape, size, factor, style_scale)
+        resized.append(imageio.resize(s, sh, sw))
+        m = style_masks[i] if style_masks is not None else None
+        masks.append(None if m is None else imageio.resize_mask(m, sh, sw))
+    cm = None if content_masks is None else np.stack(
+        [imageio.resize_mask(m, h, w) for m in content_masks])
+    return Stage(imageio.resize(content, h, w), resized, cm,
+                 masks if style_masks is not None else None)
+
+
+def check_stages(content_shape, style_shapes, sizes, layers, style_scale=None, hint="") -> None:
+    """Raises StylejaxError if any scale makes the content or a style image too small for
+    ``layers``."""
+    need = min_size(layers)
+    for k, size in enumerate(sizes):
+        factor = max(size) / max(content_shape[:2])
+        shapes = [("content", size)] + [
+            ("style", _scaled_style_size(s, size, factor, style_scale)) for s in style_shapes]
+        for name, (h, w) in shapes:
+            if min(h, w) < need:
+                where = f"at scale {k + 1} of {len(sizes)} " if len(sizes) > 1 else ""
+                raise StylejaxError(
+                    f"The {name} image is {w}x{h} px {where}after resizing, too small for the "
+                    f"chosen layers: they need at least {need} px on each side{hint}.")
+
+
+def colour_inputs(preserve_colors, content, styles):
+    """(content, styles) as VGG sees them: unchanged; grey luminance with the style's
+    luminance matched to the content's ("luminance"); or each style's colour mean and
+    covariance matched to the content's ("histogram"). Gatys et al. 2017, Sec. 5."""
+    if preserve_colors == "luminance":
+        return (np.asarray(colour.luminance_image(content)),
+                [np.asarray(colour.match_luminance(s, content)) for s in styles])
+    if preserve_colors == "histogram":
+        return content, [np.asarray(colour.match_color(s, content)) for s in styles]
+    return content, styles
+
+
+def shown_image(preserve_colors, image, content) -> np.ndarray:
+    """The image to show and save for the optimised ``image`` [1, h, w, 3]: in luminance mode
+    its luminance with ``content``'s [h, w, 3] chroma; otherwise ``image`` itself."""
+    if preserve_colors == "luminance":
+        return np.asarray(colour.restore_chroma(image, jnp.asarray(content)[None]))
+    return np.asarray(image)
+
+
+def stage_state(vgg, stage: Stage, cfg: LossConfig, scfg: SolverConfig, init, seed: int = 0,
+                preserve_colors=None, style_blend_weights=None):
+    """Targets and the solver's initial state for one scale; ``init`` as in `initial_image`
+    (the previous scale's image, for every scale but the first)."""
+    content, styles = colour_inputs(preserve_colors, stage.content, stage.styles)
+    targets = make_targets(vgg, content, styles, cfg, style_blend_weights,
+                           stage.content_masks, stage.style_masks)
+    x0 = initial_image(init, content, seed)
+    if preserve_colors == "luminance":
+        x0 = colour.luminance_image(x0)
+    return targets, init_state(scfg, vgg, x0, targets, cfg)
+
+
+def _check_masks(content, styles, content_masks, style_masks):
+    if content_masks is not None and np.shape(content_masks) != (len(styles),) + content.shape[:2]:
+        raise StylejaxError(f"content_masks must be [R, H, W] = {[len(styles), *content.shape[:2]]}"
+                            f" (one mask per style, the content's size), got "
+                            f"{list(np.shape(content_masks))}.")
+    if style_masks is not None:
+        if len(style_masks) != len(styles):
+            raise StylejaxError(f"Give one style mask (or None) per style image: "
+                                f"{len(style_masks)} for {len(styles)}.")
+        for i, (m, s) in enumerate(zip(style_masks, styles)):
+            if m is not None and np.shape(m) != s.shape[:2]:
+                raise StylejaxError(f"Style mask {i + 1} is {list(np.shape(m))} but its style "
+                                    f"image is {list(s.shape[:2])}: give it the image's size.")
+
+
+def _check_preserve(preserve_colors):
+    if preserve_colors not in PRESERVE_COLORS:
+        raise StylejaxError(f"Unknown colour preservation {preserve_colors!r}: use luminance, "
+                            "histogram or None.")
 
 
 def run_epochs(vgg, targets, cfg: LossConfig, scfg: SolverConfig, state, last: int,
@@ -82,37 +207,65 @@ def run_epochs(vgg, targets, cfg: LossConfig, scfg: SolverConfig, state, last: i
 def stylize(vgg, content, style, cfg: LossConfig, *, epochs: int, max_iter: int,
             optimizer: str = "lbfgs", lr: float = 0.0, init="content", seed: int = 0,
             callback: Optional[Callable] = None, history: int = 100,
-            style_blend_weights=None) -> StylizeResult:
+            style_blend_weights=None, preserve_colors: Optional[str] = None, scales=None,
+            style_scale: Optional[float] = None, content_masks=None,
+            style_masks=None) -> StylizeResult:
     """Optimizes an image so its VGG-19 content matches ``content`` and its style ``style``.
 
     Args:
       vgg: the bundle from `load_vgg19`.
-      content: [H, W, 3] or [1, H, W, 3] RGB in [0, 1]; the output has its size.
-      style: one image or a list (any sizes), blended by ``style_blend_weights``.
+      content: [H, W, 3] or [1, H, W, 3] RGB in [0, 1]; the output has its size (or the last
+        of ``scales``).
+      style: one image or a list (any sizes), blended by ``style_blend_weights`` (one weight
+        >= 0 per style, normalised to sum 1).
       cfg: the loss (`LossConfig` or `preset_config(...)`).
-      epochs: number of compiled solver calls; max_iter: solver iterations in each.
+      epochs: compiled solver calls (per scale); max_iter: solver iterations in each.
       optimizer, lr, history: see `SolverConfig`.
-      init: "content", "noise" or an image array.
-      callback: ``callback(epoch, image, loss)`` after every epoch (epoch from 1; image a
-        numpy [1, H, W, 3] copy; loss a float).
+      init: "content", "noise" (white noise from ``seed``) or an image array (any size).
+      callback: ``callback(epoch, image, loss)`` after every epoch (epoch from 1, counted
+        across scales; image a numpy [1, h, w, 3] copy, colours restored; loss a float).
+      preserve_colors: None, "luminance" (transfer on YIQ luminance, keep the content's
+        chroma) or "histogram" (match each style's colour mean and covariance to the
+        content's first); Gatys et al. 2017, Sec. 5.
+      scales: coarse to fine: long-side sizes in px (or (h, w) pairs), optimised in turn,
+        each result upsampled as the next one's start; None: one run at the content's size.
+      style_scale: None keeps each style's size relative to the content as given (at every
+        scale); a number sizes each style's long side to that times the content's.
+      content_masks: [R, H, W] in [0, 1], one per style: region r takes style r.
+      style_masks: one [h, w] mask (or None) per style: where in that style image its
+        statistics come from.
     Raises:
       StylejaxError: bad arguments, or a NaN/inf loss (the last good image was already
         passed to ``callback``).
     """
     if epochs < 1:
         raise StylejaxError(f"The number of epochs must be >= 1, got {epochs}.")
+    _check_preserve(preserve_colors)
     scfg = SolverConfig(optimizer, iterations=max_iter, lr=lr, history=history)
-    targets = make_targets(vgg, content, style, cfg, style_blend_weights)
-    state = init_state(scfg, vgg, initial_image(init, content, seed), targets, cfg)
-    result = StylizeResult(image=np.asarray(state.image))
-    start = time.perf_counter()
-    for epoch, state, loss in run_epochs(vgg, targets, cfg, scfg, state, epochs):
-        result.seconds.append(time.perf_counter() - start)
-        result.image = np.asarray(state.image)
-        result.losses.append(loss)
-        if callback is not None:
-            callback(epoch, result.image, loss)
+    content = np.asarray(content, np.float32).reshape(np.shape(content)[-3:])
+    styles = [np.asarray(s, np.float32).reshape(np.shape(s)[-3:])
+              for s in (style if isinstance(style, (list, tuple)) else [style])]
+    _check_masks(content, styles, content_masks, style_masks)
+    sizes = stage_sizes(*content.shape[:2], scales)
+    check_stages(content.shape, [s.shape for s in styles], sizes, cfg.layers, style_scale)
+    result, image, done = StylizeResult(image=None), init, 0
+    for size in sizes:
+        stage = stage_inputs(content, styles, size, content_masks, style_masks, style_scale)
+        targets, state = stage_state(vgg, stage, cfg, scfg, image, seed, preserve_colors,
+                                     style_blend_weights)
+        if result.image is None:
+            result.image = shown_image(preserve_colors, state.image, stage.content)
         start = time.perf_counter()
+        for _, state, loss in run_epochs(vgg, targets, cfg, scfg, state, epochs):
+            done += 1
+            result.seconds.append(time.perf_counter() - start)
+            image = np.asarray(state.image)
+            result.image = shown_image(preserve_colors, image, stage.content)
+            result.losses.append(loss)
+            result.sizes.append(tuple(size))
+            if callback is not None:
+                callback(done, result.image, loss)
+            start = time.perf_counter()
     return result
 
 
@@ -130,6 +283,18 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers, got {text!r}")
+
+
+def _flat(groups):
+    """nargs="+" of comma lists ("3 7" or "3,7") -> one tuple, or None."""
+    return None if groups is None else tuple(v for g in groups for v in g)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one sentence, exit 2, as argparse does, without the usage dump
         raise StylejaxError(f"{message} (see --help).")
@@ -139,8 +304,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="stylize.py", description=(
         "Neural style transfer (Gatys et al. 2016): repaint CONTENT in the style of STYLE. "
         "A preset sets the defaults; explicit flags override it."))
-    p.add_argument("content", help="content image (any format Pillow reads)")
-    p.add_argument("style", help="style image")
+    p.add_argument("content", nargs="?", help="content image (any format Pillow reads); "
+                                               "or a folder of them with --content-dir")
+    p.add_argument("style", nargs="*", help="style image(s); or give them with --style")
+    p.add_argument("--style", dest="style_images", nargs="+", metavar="STYLE",
+                   help="style image(s), instead of after CONTENT")
+    p.add_argument("--style-blend-weights", type=_floats, nargs="+", metavar="W",
+                   help="one weight per style image, e.g. 3 7 (normalised to sum 1; default "
+                        "equal); with --content-mask, the weight of each style's region")
+    p.add_argument("--preserve-colors", choices=("none",) + colour.MODES, default="none",
+                   help="luminance: transfer on YIQ luminance and keep the content's chroma; "
+                        "histogram: match each style's colour mean and covariance to the "
+                        "content's first (Gatys et al. 2017)")
+    p.add_argument("--scales", type=_ints, nargs="+", metavar="PX",
+                   help="coarse to fine, e.g. 256,512,1024: optimise at each size in turn "
+                        "(--epochs each), each result upsampled as the next start; the last "
+                        "is the output size (replaces --size)")
+    p.add_argument("--content-mask", nargs="+", metavar="PATH",
+                   help="regions of the content: one grey label image (black = style 1, "
+                        "white = the last, evenly spaced greys between) or one mask per "
+                        "style (white = 1); region i takes style i")
+    p.add_argument("--style-masks", nargs="+", metavar="PATH",
+                   help="one mask per style image (white = use this part; 'none' = all of "
+                        "it): where each style is sampled")
     p.add_argument("--out", default="out", help="output folder (default: out)")
     p.add_argument("--weights", help="converted VGG-19 (default: $STYLEJAX_WEIGHTS or "
                                      "weights/vgg19.msgpack)")
@@ -173,8 +359,33 @@ def build_parser() -> argparse.ArgumentParser:
                         "L-BFGS memory stay float32)")
     p.add_argument("--max-pixels", type=int, default=imageio.DEFAULT_MAX_PIXELS,
                    help="refuse input images with more pixels than this")
+    # Many images and several devices: see stylejax/batch.py and stylejax/devices.py.
+    p.add_argument("--content-dir", metavar="DIR",
+                   help="stylize every image in DIR (one compiled batch per size): writes "
+                        "OUT/<name>.png and OUT/snapshots/<name>_NNNN.png; --resume skips "
+                        "images already written")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="with --content-dir: most images optimised at once (default 8)")
+    p.add_argument("--shard", choices=("auto", "batch", "spatial", "none"), default="auto",
+                   help="several devices: auto/batch split the images of a batch over them; "
+                        "spatial splits each image's rows (one image too large for one "
+                        "device); none uses one device")
+    p.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first (multi-host TPU pod "
+                        "slice; also $STYLEJAX_DISTRIBUTED=1); run the same command on "
+                        "every host")
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint in --out (same flags; --epochs may grow)")
+    # Images beyond memory: see stylejax/tiling.py and stylejax/plan.py.
+    p.add_argument("--tile", type=int, metavar="PX",
+                   help="optimise overlapping PX x PX tiles (grid moved randomly each "
+                        "epoch, overlaps blended) instead of the whole image at once")
+    p.add_argument("--tile-overlap", type=int, metavar="PX",
+                   help="px shared by neighbouring tiles (default: a quarter of --tile, "
+                        ">= 16)")
+    p.add_argument("--plan", action="store_true",
+                   help="print the predicted peak memory and the device's free memory, "
+                        "then exit without running")
     return p
 
 
@@ -195,6 +406,21 @@ class RunConfig:
     seed: int
     style_scale: float
     style_to_content_size: bool
+    style_blend_weights: Optional[tuple] = None
+    preserve_colors: Optional[str] = None
+    scales: Optional[tuple] = None
+
+
+def style_paths(args) -> list:
+    """The style image paths: those after CONTENT, or those of --style (not both)."""
+    if args.style and args.style_images:
+        raise StylejaxError("Give the style images either after CONTENT or with --style, "
+                            "not both.")
+    paths = list(args.style or args.style_images or [])
+    if not paths:
+        raise StylejaxError("Give at least one style image: stylize.py CONTENT STYLE "
+                            "[STYLE ...] (see --help).")
+    return paths
 
 
 def run_config(args) -> RunConfig:
@@ -219,7 +445,31 @@ def run_config(args) -> RunConfig:
         epochs=pick(args.epochs, "epochs"), max_iter=pick(args.max_iter, "max_iter"),
         lr=pick(args.lr, "lr"), snapshot_every=pick(args.snapshot_every, "snapshot_every"),
         optimizer=args.optimizer, history=args.lbfgs_history, init=args.init, seed=args.seed,
-        style_scale=args.style_scale, style_to_content_size=args.preset == "seed")
+        style_scale=args.style_scale, style_to_content_size=args.preset == "seed",
+        style_blend_weights=_flat(args.style_blend_weights),
+        preserve_colors=None if args.preserve_colors == "none" else args.preserve_colors,
+        scales=_flat(args.scales))
+    n_styles = len(style_paths(args))
+    if rc.style_blend_weights is not None and (
+            len(rc.style_blend_weights) != n_styles or min(rc.style_blend_weights) < 0
+            or sum(rc.style_blend_weights) <= 0):
+        raise StylejaxError(f"--style-blend-weights needs {n_styles} non-negative number(s), "
+                            f"one per style image and not all zero, got "
+                            f"{' '.join(f'{w:g}' for w in rc.style_blend_weights)}.")
+    if rc.scales is not None:
+        if min(rc.scales) < 1 or any(b <= a for a, b in zip(rc.scales, rc.scales[1:])):
+            raise StylejaxError(f"--scales must be increasing sizes >= 1 px, got "
+                                f"{','.join(map(str, rc.scales))}.")
+        if args.size is not None and args.size != rc.scales[-1]:
+            raise StylejaxError(f"--size {args.size} disagrees with the last of --scales "
+                                f"({rc.scales[-1]}), which is the output size: drop --size.")
+        rc = dataclasses.replace(rc, size=rc.scales[-1])
+    if args.style_masks is not None and len(args.style_masks) != n_styles:
+        raise StylejaxError(f"--style-masks needs one mask per style image ({n_styles}), got "
+                            f"{len(args.style_masks)} (write 'none' for a style without one).")
+    if args.content_mask is not None and len(args.content_mask) not in (1, n_styles):
+        raise StylejaxError(f"--content-mask takes one label image or one mask per style "
+                            f"image ({n_styles}), got {len(args.content_mask)}.")
     for name in ("size", "epochs", "max_iter", "snapshot_every", "history"):
         if getattr(rc, name) < 1:
             raise StylejaxError(f"--{name.replace('_', '-')} must be >= 1, got "
@@ -230,36 +480,72 @@ def run_config(args) -> RunConfig:
 
 
 def prepare_images(rc: RunConfig, content_path, style_path, max_pixels):
-    """Loads and resizes the content and style images; returns float [H, W, 3] arrays."""
+    """Loads and resizes the content and style images; returns float [H, W, 3] arrays.
+
+    ``style_path`` may be a list; then the styles come back as a list. Every coarse-to-fine
+    scale is checked for images too small for the layers.
+    """
+    several = isinstance(style_path, (list, tuple))
     content = imageio.load_image(content_path, max_pixels)
-    style = imageio.load_image(style_path, max_pixels)
+    styles = [imageio.load_image(p, max_pixels) for p in (style_path if several
+                                                          else [style_path])]
     h, w = imageio.fit_size(*content.shape[:2], rc.size, rc.edge)
     content = imageio.resize(content, h, w)
-    if rc.style_to_content_size:
-        style = imageio.resize(style, h, w)
-    else:
-        style = imageio.resize(style, *imageio.fit_size(
-            *style.shape[:2], max(1, round(max(h, w) * rc.style_scale)), "long"))
-    need = min_size(rc.loss.layers)
-    for name, image in (("content", content), ("style", style)):
-        if min(image.shape[:2]) < need:
-            raise StylejaxError(
-                f"The {name} image is {image.shape[1]}x{image.shape[0]} px after resizing, too "
-                f"small for the chosen layers: they need at least {need} px on each side "
-                "(raise --size or --style-scale).")
-    return content, style
+    for i, style in enumerate(styles):
+        if rc.style_to_content_size:
+            styles[i] = imageio.resize(style, h, w)
+        else:
+            styles[i] = imageio.resize(style, *imageio.fit_size(
+                *style.shape[:2], max(1, round(max(h, w) * rc.style_scale)), "long"))
+    hint = " (raise the smallest --scales value or --style-scale)" if rc.scales else \
+        " (raise --size or --style-scale)"
+    check_stages(content.shape, [s.shape for s in styles],
+                 stage_sizes(h, w, rc.scales, rc.edge), rc.loss.layers, None, hint)
+    return (content, styles) if several else (content, styles[0])
+
+
+def _mask_for(path, shape, what, max_pixels, regions=None):
+    """Loads mask(s) for an image of ``shape``: [h, w], or [regions, h, w] from a label image."""
+    mask = imageio.load_mask(path, max_pixels)
+    mh, mw = mask.shape
+    h, w = shape[:2]
+    if abs(mw / mh - w / h) > 0.02 * (w / h):
+        raise StylejaxError(f"The {what} {path} is {mw}x{mh} px, a different shape from its "
+                            f"image ({w}x{h} after resizing): draw it over that image.")
+    masks = imageio.label_masks(mask, regions) if regions else mask[None]
+    out = np.stack([imageio.resize_mask(m, h, w) for m in masks])
+    return out if regions else out[0]
+
+
+def prepare_masks(args, content, styles, max_pixels):
+    """``(content_masks [R, H, W] or None, style_masks [[h, w] or None] or None)`` from the
+    --content-mask and --style-masks paths, resized to the prepared images."""
+    content_masks = style_masks = None
+    if args.content_mask:
+        if len(args.content_mask) == 1:
+            content_masks = _mask_for(args.content_mask[0], content.shape, "content mask",
+                                      max_pixels, len(styles))
+        else:
+            content_masks = np.stack([_mask_for(p, content.shape, "content mask", max_pixels)
+                                      for p in args.content_mask])
+    if args.style_masks:
+        style_masks = [None if p.lower() == "none" else
+                       _mask_for(p, s.shape, "style mask", max_pixels)
+                       for p, s in zip(args.style_masks, styles)]
+    return content_masks, style_masks
 
 
 CHECKPOINT = "checkpoint.msgpack"
 
 
-def _identity(rc: RunConfig, content_path, style_path) -> dict:
+def _identity(rc: RunConfig, content_path, *input_paths) -> dict:
     """What a checkpoint must share with the command that resumes it (epochs may grow)."""
     ident = dataclasses.asdict(rc)
-    for key in ("epochs", "snapshot_every"):
+    # --epochs may grow on --resume, except with --scales, where it fixes each scale's epochs.
+    for key in ("snapshot_every",) + (("epochs",) if rc.scales is None else ()):
         ident.pop(key)
     ident["inputs"] = [hashlib.sha256(Path(p).read_bytes()).hexdigest()
-                       for p in (content_path, style_path)]
+                       for p in (content_path, *input_paths)]
     return json.loads(json.dumps(ident))  # tuples -> lists, as they come back from JSON
 
 
@@ -270,8 +556,9 @@ class _Outputs:
         self.out, self.rc, self.identity = out, rc, identity
         self.log = []
 
-    def epoch(self, epoch, image, loss, seconds):
-        snapshot = epoch % self.rc.snapshot_every == 0 or epoch == self.rc.epochs
+    def epoch(self, epoch, image, loss, seconds, last=False):
+        """Logs an epoch; snapshots every --snapshot-every and at ``last`` (a scale's end)."""
+        snapshot = epoch % self.rc.snapshot_every == 0 or epoch == self.rc.epochs or last
         self.log.append({"epoch": epoch, "iterations": epoch * self.rc.max_iter,
                          "loss": loss, "seconds": seconds,
                          "snapshot": f"snapshot_{epoch:04d}.png" if snapshot else ""})
@@ -294,8 +581,8 @@ class _Outputs:
                   "state": serialization.to_state_dict(state)}
         atomic_write_bytes(self.out / CHECKPOINT, serialization.msgpack_serialize(record))
 
-    def resume(self, template):
-        """Reads the checkpoint into a state shaped like ``template``; returns (epoch, state)."""
+    def read_checkpoint(self) -> dict:
+        """The checkpoint's record, checked against this run's identity."""
         path = self.out / CHECKPOINT
         if not path.is_file():
             raise StylejaxError(f"Nothing to resume: {path} does not exist (run without "
@@ -312,7 +599,15 @@ class _Outputs:
                 f"The checkpoint in {self.out} was made with other settings or images "
                 f"({', '.join(changed)} differ): resume with the original command, or use "
                 "another --out.")
+        return record
+
+    def resume(self, template, record=None):
+        """Reads the checkpoint into a state shaped like ``template`` (None: the raw state
+        dict); returns (epoch, state)."""
+        record = self.read_checkpoint() if record is None else record
         self.log = [e for e in json.loads(record["log"]) if e["epoch"] <= record["epoch"]]
+        if template is None:
+            return record["epoch"], record["state"]
         return record["epoch"], serialization.from_state_dict(template, record["state"])
 
     def finish(self, content, image, name="final.png"):
@@ -357,38 +652,93 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
 
 
+def enable_compilation_cache() -> None:
+    """Keeps compiled XLA programs in ``$STYLEJAX_CACHE/xla`` (default ``~/.cache/stylejax``),
+    so a second run with the same sizes and settings skips the first epoch's compilation."""
+    from stylejax.convert import cache_dir
+
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def _main(argv) -> int:
     from tqdm import tqdm
 
     args = build_parser().parse_args(argv)
+    enable_compilation_cache()
+    from stylejax import batch  # here, not at the top: batch imports this module
+
+    args = batch.resolve_args(args)
     rc = run_config(args)
-    content, style = prepare_images(rc, args.content, args.style, args.max_pixels)
+    if batch.wants_batch_path(args):
+        return batch.run_folder(args, rc)
+    paths = style_paths(args)
+    content, styles = prepare_images(rc, args.content, paths, args.max_pixels)
+    content_masks, style_masks = prepare_masks(args, content, styles, args.max_pixels)
     init = rc.init if rc.init in ("content", "noise") else imageio.load_image(rc.init,
                                                                               args.max_pixels)
+    from stylejax import plan as memory_plan  # before any work: --plan, or refuse up front
+
+    if memory_plan.check_run(args, rc, content.shape):
+        return 0
     vgg = load_vgg19(args.weights)
+    warning = network_warning(args.preset, vgg.normalized)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     out = imageio.ensure_writable_dir(args.out)
-    outputs = _Outputs(out, rc, _identity(rc, args.content, args.style))
+    mask_paths = list(args.content_mask or []) + [p for p in args.style_masks or []
+                                                  if p.lower() != "none"]
+    outputs = _Outputs(out, rc, _identity(rc, args.content, *paths, *mask_paths))
     scfg = SolverConfig(rc.optimizer, iterations=rc.max_iter, lr=rc.lr, history=rc.history)
-    targets = make_targets(vgg, content, style, rc.loss)
-    state = init_state(scfg, vgg, initial_image(init, content, rc.seed), targets, rc.loss)
-    done = 0
-    if args.resume:
-        done, state = outputs.resume(state)
-    image = np.asarray(state.image)
-    bar = tqdm(total=rc.epochs, initial=done, unit="epoch", file=sys.stderr,
+    if args.tile:
+        from stylejax import tiling
+
+        return tiling.run_cli(args, rc, scfg, vgg, content, styles, init, outputs)
+    # Coarse to fine: scale k runs global epochs k*E+1 .. (k+1)*E, each scale compiled once.
+    sizes = stage_sizes(*content.shape[:2], rc.scales, rc.edge)
+    per, n = rc.epochs, len(sizes)
+    record = outputs.read_checkpoint() if args.resume else None
+    done, k0, start = 0, 0, init
+    if record is not None:
+        done = record["epoch"]
+        k0 = min((done - 1) // per, n - 1)
+        if done == (k0 + 1) * per and k0 + 1 < n:  # it ended a scale: start the next from it
+            _, raw = outputs.resume(None, record)
+            k0, start, record = k0 + 1, np.asarray(raw["image"]), None
+
+    def build(k, start):
+        stage = stage_inputs(content, styles, sizes[k], content_masks, style_masks)
+        return (stage,) + stage_state(vgg, stage, rc.loss, scfg, start, rc.seed,
+                                      rc.preserve_colors, rc.style_blend_weights)
+
+    stage, targets, state = build(k0, start)  # errors here leave nothing written
+    if record is not None:
+        done, state = outputs.resume(state, record)
+    image = shown_image(rc.preserve_colors, state.image, stage.content)
+    bar = tqdm(total=per * n, initial=min(done, per * n), unit="epoch", file=sys.stderr,
                dynamic_ncols=True)
     last = time.perf_counter()
     try:
         with _StopOnSignal() as stop:
-            for epoch, state, loss in run_epochs(vgg, targets, rc.loss, scfg, state,
-                                                 rc.epochs, done + 1):
-                now = time.perf_counter()
-                image, done = np.asarray(state.image), epoch
-                if outputs.epoch(epoch, image, loss, now - last) or stop.requested:
-                    outputs.checkpoint(epoch, state)
-                bar.set_postfix_str(f"loss {loss:.4g}, {rc.max_iter / (now - last):.2f} it/s")
-                bar.update(1)
-                last = now
+            for k in range(k0, n):
+                if k > k0:
+                    stage, targets, state = build(k, np.asarray(state.image))
+                for e, state, loss in run_epochs(vgg, targets, rc.loss, scfg, state, per,
+                                                 max(done - k * per, 0) + 1):
+                    now = time.perf_counter()
+                    epoch = k * per + e
+                    image, done = shown_image(rc.preserve_colors, state.image,
+                                              stage.content), epoch
+                    if outputs.epoch(epoch, image, loss, now - last, last=e == per) \
+                            or stop.requested:
+                        outputs.checkpoint(epoch, state)
+                    bar.set_postfix_str(f"loss {loss:.4g}, {rc.max_iter / (now - last):.2f} "
+                                        "it/s" + (f", {sizes[k][1]}x{sizes[k][0]} px"
+                                                  if n > 1 else ""))
+                    bar.update(1)
+                    last = now
+                    if stop.requested:
+                        break
                 if stop.requested:
                     break
     except StylejaxError:
@@ -404,5 +754,6 @@ def _main(argv) -> int:
         return 130
     outputs.finish(content, image)
     loss = f"loss {outputs.log[-1]['loss']:.6g} after " if outputs.log else ""
-    print(f"wrote {out / 'final.png'} ({loss}{done * rc.max_iter} iterations)")
+    print(f"wrote {out / 'final.png'} ({loss}{done * rc.max_iter} iterations"
+          + (f" over {n} scales" if n > 1 else "") + ")")
     return 0

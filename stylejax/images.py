@@ -190,3 +190,73 @@ def ensure_writable_dir(path) -> Path:
         raise StylejaxError(f"Cannot create the output folder {path}: {ancestor} is not "
                             "writable.")
     return path
+
+
+# ---------------------------------------------------------------- masks
+
+
+def load_mask(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Reads a mask image as float32 [H, W] in [0, 1]: its luminance, white = 1, black = 0
+    (alpha is composited over white, as for every image). Errors as `load_image`."""
+    rgb = load_image(path, max_pixels)
+    return (rgb @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.float32)
+
+
+def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resizes a [H, W] mask to [height, width] (bilinear, area-averaging when shrinking;
+    no ringing, so a mask stays in [0, 1] and a flat region stays flat)."""
+    mask = np.asarray(mask, np.float32)
+    if mask.shape == (height, width):
+        return mask
+    img = Image.fromarray(mask, mode="F").resize((width, height), Image.BILINEAR)
+    return np.clip(np.asarray(img), 0.0, 1.0)
+
+
+def label_masks(labels: np.ndarray, regions: int) -> np.ndarray:
+    """A grey label image [H, W] in [0, 1] -> ``regions`` binary masks [regions, H, W].
+
+    With R >= 2 regions, pixel p belongs to region i (0-based) whose grey level i/(R-1) is
+    nearest: black is the first region, white the last, evenly spaced greys between. With
+    R = 1 the image itself is the (soft) mask.
+    """
+    labels = np.asarray(labels, np.float32)
+    if regions == 1:
+        return labels[None]
+    index = np.clip(np.rint(labels * (regions - 1)), 0, regions - 1).astype(np.int64)
+    return (index[None] == np.arange(regions)[:, None, None]).astype(np.float32)
+
+
+# ---------------------------------------------------------------- calibration images
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
+                  ".pgm")
+
+
+def image_files(folder) -> list[Path]:
+    """The image files (by suffix, case-insensitive) directly in ``folder``, sorted by name.
+    Raises StylejaxError for a missing folder or one without images."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise StylejaxError(f"{folder} is not a folder: pass a folder of calibration images.")
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise StylejaxError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}): "
+                            "put some photographs there.")
+    return files
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """[H, W, 3] -> [size, size, 3]: the shorter side scaled to ``size``, then the centre
+    cut out (ImageNet's evaluation crop)."""
+    h, w = fit_size(*image.shape[:2], size, "short")
+    image = resize(image, max(h, size), max(w, size))
+    top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+    return image[top: top + size, left: left + size]
+
+
+def calibration_images(folder, size: int = 224, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """Yields each image of ``folder`` (see `image_files`) as a [size, size, 3] centre crop,
+    one at a time, so that a large folder never sits in memory."""
+    for path in image_files(folder):
+        yield center_crop(load_image(path, max_pixels), size)

@@ -16,6 +16,13 @@ seed           FᵀF             mean((F − P)²)    mean((G − A)²) / (N·M)
 
 The gatys style term equals the paper's E_l = Σ(G−A)²/(4N²M²) (its Eq. 4) when style and
 generated images have the same size, and stays well defined when they don't.
+
+Spatial control (Gatys et al. 2017, *Controlling Perceptual Factors in Neural Style
+Transfer*, Sec. 4): with content masks T_r (region r of the output takes style r), each layer
+compares region Grams G_r = Σ_p T_r(p)² F_p F_pᵀ / Σ_p T_r(p)² (the paper's Gram of the
+masked features F∘T_r, averaged over the region; then ÷N for johnson, ×M for seed, as above)
+with the style's, and weights region r by λ_r = a_r w_r / Σ a w (a_r = Σ T_r², w_r its
+blend weight). Masks are average-pooled along with the features at each pooling layer.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from stylejax.errors import StylejaxError
-from stylejax.vgg import check_layers, extract_features
+from stylejax.vgg import LAYERS, check_layers, extract_features
 from stylejax.weights import Vgg19
 
 NORMALIZATIONS = ("gatys", "johnson", "seed")
@@ -118,6 +125,39 @@ def gram(features, normalization: str = "johnson"):
     return g / scale
 
 
+def layer_masks(masks, layers: Sequence[str]) -> dict:
+    """Masks [R, H, W] (image resolution) -> ``{layer: [R, h, w]}`` at each layer's resolution.
+
+    Convolutions keep the size; each pooling averages 2x2 blocks ('valid', like the features'
+    pooling), so a mask follows its features exactly and soft edges stay soft.
+    """
+    m = jnp.asarray(masks, jnp.float32)
+    wanted, out = set(layers), {}
+    for name in LAYERS[: max(LAYERS.index(n) for n in layers) + 1]:
+        if name.startswith("pool"):
+            r, h, w = m.shape
+            m = m[:, : h // 2 * 2, : w // 2 * 2].reshape(r, h // 2, 2, w // 2, 2).mean((2, 4))
+        if name in wanted:
+            out[name] = m
+    return out
+
+
+def masked_gram(features, masks, normalization: str = "johnson"):
+    """Region Grams of ``features`` [N, h, w, C] under ``masks`` [R, h, w] -> [N, R, C, C].
+
+    ``Σ_p m(p)² F_p F_pᵀ / Σ_p m(p)²`` (the Gram of the masked features F∘m, averaged over the
+    region), then divided by C (johnson) or multiplied by M = h*w (seed), so that an all-ones
+    mask gives exactly `gram`. An empty region gives zeros.
+    """
+    n, h, w, c = features.shape
+    f = features.reshape(n, h * w, c).astype(jnp.float32)
+    wts = jnp.square(jnp.asarray(masks, jnp.float32).reshape(-1, h * w))
+    g = jnp.einsum("nmc,rm,nmd->nrcd", f, wts, f, precision=jax.lax.Precision.HIGHEST,
+                   preferred_element_type=jnp.float32)
+    g = g / jnp.maximum(wts.sum(-1), 1e-12)[None, :, None, None]
+    return g * {"gatys": 1.0, "johnson": 1.0 / c, "seed": float(h * w)}[normalization]
+
+
 def content_term(features, target, normalization: str = "johnson"):
     """Content loss of ``features`` [N, h, w, C] against ``target`` (same shape or [1, ...]):
     ½ Σ (F − P)² (gatys) or mean((F − P)²) (johnson, seed), summed over the batch."""
@@ -161,7 +201,25 @@ def _style_grams(vgg, style, cfg):
     return {name: gram(feats[name], cfg.normalization)[0] for name in cfg.style_layers}
 
 
-def make_targets(vgg: Vgg19, content, style, cfg: LossConfig, style_blend_weights=None) -> dict:
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _style_masked_grams(vgg, style, mask, cfg):
+    feats = _features(vgg, style, cfg.style_layers, cfg)
+    masks = layer_masks(mask[None], cfg.style_layers)
+    return {name: masked_gram(feats[name], masks[name], cfg.normalization)[0, 0]
+            for name in cfg.style_layers}
+
+
+def _mask_array(mask, shape, what):
+    m = jnp.asarray(mask, jnp.float32)
+    if m.shape != shape:
+        raise StylejaxError(f"The {what} is {m.shape[-1] if m.ndim else 0}x"
+                            f"{m.shape[-2] if m.ndim > 1 else 0} px but must match its image, "
+                            f"{shape[-1]}x{shape[-2]} px.")
+    return m
+
+
+def make_targets(vgg: Vgg19, content, style, cfg: LossConfig, style_blend_weights=None,
+                 content_masks=None, style_masks=None) -> dict:
     """Content features and style Grams, computed once.
 
     Args:
@@ -169,23 +227,55 @@ def make_targets(vgg: Vgg19, content, style, cfg: LossConfig, style_blend_weight
       content: [1, H, W, 3] or [H, W, 3] RGB in [0, 1].
       style: one image ([1, h, w, 3] or [h, w, 3]; any size) or a list of them.
       cfg: the loss configuration.
-      style_blend_weights: one weight per style image (normalised to sum 1; default equal).
+      style_blend_weights: one weight >= 0 per style image (normalised to sum 1; default
+        equal). Without content masks the Grams are blended; with them, they weight regions.
+      content_masks: optional [R, H, W] in [0, 1], R = number of styles: region r of the
+        output (where mask r is 1) takes style r (Gatys et al. 2017 spatial control).
+      style_masks: optional list, one [h, w] mask (or None) per style image: the part of
+        that style image its Gram is taken from.
     Returns:
-      ``{"content": {layer: [1, h, w, C]}, "style": {layer: [C, C]}}``, a pytree of arrays.
+      ``{"content": {layer: [1, h, w, C]}, "style": {layer: [C, C]}}``, a pytree of arrays;
+      with content masks ``"style"`` holds [R, C, C] region Grams and the pytree gains
+      ``"masks": {layer: [R, h, w]}`` and ``"region_weights": {layer: [R]}`` (the λ_r).
     """
     styles = list(style) if isinstance(style, (list, tuple)) else [style]
     if style_blend_weights is None:
         style_blend_weights = [1.0] * len(styles)
+    style_blend_weights = [float(w) for w in style_blend_weights]
     if len(style_blend_weights) != len(styles) or min(style_blend_weights) < 0 \
             or sum(style_blend_weights) <= 0:
         raise StylejaxError("Give one non-negative blend weight per style image, not all zero.")
-    total = float(sum(style_blend_weights))
-    grams = None
-    for s, w in zip(styles, style_blend_weights):
-        g = _style_grams(vgg, _as_batch(s), cfg)
-        g = jax.tree.map(lambda a: a * (w / total), g)
-        grams = g if grams is None else jax.tree.map(jnp.add, grams, g)
-    return {"content": _content_targets(vgg, _as_batch(content), cfg), "style": grams}
+    if style_masks is None:
+        style_masks = [None] * len(styles)
+    if len(style_masks) != len(styles):
+        raise StylejaxError(f"Give one style mask per style image: {len(style_masks)} masks "
+                            f"for {len(styles)} styles.")
+    total = sum(style_blend_weights)
+    weights = [w / total for w in style_blend_weights]
+    per_style = []
+    for s, m in zip(styles, style_masks):
+        s = _as_batch(s)
+        per_style.append(_style_grams(vgg, s, cfg) if m is None else _style_masked_grams(
+            vgg, s, _mask_array(m, s.shape[1:3], "style mask"), cfg))
+    content = _as_batch(content)
+    targets = {"content": _content_targets(vgg, content, cfg)}
+    if content_masks is None:
+        targets["style"] = jax.tree.map(lambda *g: sum(w * a for w, a in zip(weights, g)),
+                                        *per_style)
+        return targets
+    masks = jnp.asarray(content_masks, jnp.float32)
+    if masks.ndim != 3 or masks.shape[0] != len(styles):
+        raise StylejaxError(f"Give one content mask per style image ({len(styles)}), as an "
+                            f"[R, H, W] array; got shape {masks.shape}.")
+    masks = _mask_array(masks, (len(styles),) + content.shape[1:3], "content mask")
+    targets["masks"] = layer_masks(masks, cfg.style_layers)
+    w = jnp.asarray(weights, jnp.float32)
+    targets["region_weights"] = {}
+    for name, m in targets["masks"].items():
+        a = jnp.square(m).sum((1, 2)) * w
+        targets["region_weights"][name] = a / jnp.maximum(a.sum(), 1e-12)
+    targets["style"] = jax.tree.map(lambda *g: jnp.stack(g), *per_style)
+    return targets
 
 
 def _terms(vgg, image, targets, cfg):
@@ -194,10 +284,17 @@ def _terms(vgg, image, targets, cfg):
     content = sum(w * content_term(feats[name], targets["content"][name], cfg.normalization)
                   for name, w in zip(cfg.content_layers, cfg.content_weights))
     style = 0.0
+    masks = targets.get("masks")  # pytree structure, so this branch is static under jit
     for name, w in zip(cfg.style_layers, cfg.style_weights):
         f = feats[name]
-        style += w * style_term(gram(f, cfg.normalization), targets["style"][name],
-                                f.shape[1] * f.shape[2], cfg.normalization)
+        m = f.shape[1] * f.shape[2]
+        if masks is None:
+            style += w * style_term(gram(f, cfg.normalization), targets["style"][name], m,
+                                    cfg.normalization)
+            continue
+        g, lam = masked_gram(f, masks[name], cfg.normalization), targets["region_weights"][name]
+        style += w * sum(lam[r] * style_term(g[:, r], targets["style"][name][r], m,
+                                             cfg.normalization) for r in range(g.shape[1]))
     return {"content": cfg.content_weight * content,
             "style": cfg.style_weight * style,
             "tv": cfg.tv_weight * tv_term(x) if cfg.tv_weight else jnp.zeros((), jnp.float32)}
@@ -230,7 +327,8 @@ PRESETS: dict[str, dict] = {
     "gatys": dict(loss=dict(content_layers=("relu4_2",), style_layers=STYLE_LAYERS,
                             content_weight=1.0, style_weight=1e3, tv_weight=0.0,
                             normalization="gatys", pooling="avg"),
-                  size=512, epochs=10, max_iter=100, lr=0.0, snapshot_every=1),
+                  size=512, epochs=10, max_iter=100, lr=0.0, snapshot_every=1,
+                  network="normalized"),
     # jcjohnson/neural-style's defaults (content_weight 5, style_weight 100 applied to every
     # style layer, tv_weight 1e-3, max pooling, 512 px, 1000 L-BFGS iterations). His TV term is
     # ½ Σ diff² on the 0-255 image (its gradient is strength·diff), so 1e-3 · ½ · 255² = 32.5
@@ -239,14 +337,33 @@ PRESETS: dict[str, dict] = {
                               style_layer_weights=(1.0,) * 5, content_weight=5.0,
                               style_weight=100.0, tv_weight=32.5, normalization="johnson",
                               pooling="max"),
-                    size=512, epochs=10, max_iter=100, lr=0.0, snapshot_every=1),
+                    size=512, epochs=10, max_iter=100, lr=0.0, snapshot_every=1,
+                    network="original"),
     # The seed repository: torchvision weights, 250 px shorter edge, fixed-step L-BFGS.
     "seed": dict(loss=dict(content_layers=("relu4_2",), style_layers=STYLE_LAYERS,
                            style_layer_weights=(1.0, 0.75, 0.2, 0.2, 0.2), content_weight=5.0,
                            style_weight=1e4, tv_weight=0.0, normalization="seed",
                            pooling="max"),
-                 size=250, epochs=350, max_iter=5, lr=0.015, snapshot_every=50),
+                 size=250, epochs=350, max_iter=5, lr=0.015, snapshot_every=50,
+                 network="original"),
 }
+"""Per preset: ``loss`` (LossConfig fields), run defaults, and ``network``: the VGG-19 its
+weights were chosen for, "normalized" (`convert_weights.py --normalize`) or "original"."""
+
+
+def network_warning(preset: str, normalized: bool) -> Optional[str]:
+    """One sentence if preset ``preset`` expects the other VGG-19 than the one loaded, else None."""
+    want = PRESETS[preset]["network"]
+    if (want == "normalized") == bool(normalized):
+        return None
+    if want == "normalized":
+        return (f"the {preset} preset's weights (content 1, style 1e3) are the paper's for its "
+                "normalised VGG-19; these weights are the original network, on which they "
+                "under-weight style: convert with `convert_weights.py --normalize DIR`, or "
+                "raise --style-weight.")
+    return (f"the {preset} preset's weights were chosen for the original VGG-19 but these "
+            "are the normalised network (convert_weights.py --normalize), whose activations "
+            "have another scale: use --preset gatys or retune the weights.")
 
 
 def preset_config(name: str, **overrides) -> LossConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# Downloads and compiled programs of the CLI runs go to a throwaway cache, shared by the
+# session's subprocesses (later runs with the same shapes skip compilation).
+os.environ["STYLEJAX_CACHE"] = tempfile.mkdtemp(prefix="stylejax-cache-")
 
 from fixtures import random_vgg_params  # noqa: E402
 

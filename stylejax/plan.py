@@ -1,0 +1,189 @@
+"""The memory plan: a run's predicted peak memory, from shapes alone, before any work.
+
+    table = predict(cfg, scfg, height, width)     # {component: bytes, ..., "total": bytes}
+    free = free_memory()                          # bytes the device can still give
+
+The model (bytes; E = 4 for float32 activations, 2 for bfloat16; image = H*W*3*4):
+
+- ``params``: the VGG-19 convolutions up to the deepest layer, float32 (plus an E-byte cast
+  of each when E != 4).
+- ``activations``: what the backward pass keeps, per layer up to the deepest: each
+  convolution's output and its ReLU's output (2 * h*w*C * E), each pooling's output
+  (h*w*C * E), plus the gradient being propagated (2 buffers the size of the largest layer,
+  float32).
+- ``targets``: content features (h*w*C * 4 per content layer) and Gram matrices (two C*C*4 per
+  style layer: the target and the current image's).
+- ``solver``: L-BFGS keeps 2 * history image-sized vectors (s and y); its state and zoom line
+  search hold ``LINE_SEARCH_IMAGES`` more image-sized temporaries. Adam: ``ADAM_IMAGES``.
+  On CPU, XLA cannot reuse the donated input state, so the epoch's input and output states
+  both exist at the end of the call: the solver term counts twice there.
+- ``runtime``: a fixed ``RUNTIME_OVERHEAD[kind]`` (XLA's compiler and runtime; measured on
+  CPU as the peak RSS growth of a 256x256 run with L-BFGS history 5, resp. Adam, minus the
+  terms above; the L-BFGS program, with its line search, is larger to compile).
+- with tiling, everything above is for one tile, and ``host tiling buffers`` adds the full-size
+  image, content, blend sum (3 * image) and weights (H*W*4) kept in host memory.
+
+Measured on CPU (jax 0.10, XLA CPU, 2 cores) against the peak RSS growth over the process
+after imports and weight loading: see tests/test_plan.py and the README.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from stylejax.losses import LossConfig
+from stylejax.solvers import SolverConfig
+from stylejax.vgg import LAYERS
+from stylejax.weights import CONV_SPECS
+
+RUNTIME_OVERHEAD = {"lbfgs": 300 * 2**20, "optax-lbfgs": 300 * 2**20, "adam": 190 * 2**20}
+"""Fixed bytes for XLA's compiler and runtime per solver kind (measured, see the docstring;
+optax-lbfgs is assumed equal to lbfgs, not measured)."""
+LINE_SEARCH_IMAGES = 12
+"""Image-sized temporaries of jaxopt's L-BFGS state and zoom line search."""
+ADAM_IMAGES = 6
+"""Image-sized buffers of Adam: moments, update, gradient and temporaries."""
+
+_CHANNELS = {name: cout for name, _, cout in CONV_SPECS}
+
+
+def _layer_shapes(height: int, width: int, deepest: str):
+    """[(name, h, w, C)] for every layer up to ``deepest``."""
+    out, h, w, c = [], height, width, 3
+    for name in LAYERS[: LAYERS.index(deepest) + 1]:
+        if name.startswith("conv"):
+            c = _CHANNELS[name]
+        elif name.startswith("pool"):
+            h, w = h // 2, w // 2
+        out.append((name, h, w, c))
+    return out
+
+
+def predict(cfg: LossConfig, scfg: SolverConfig, height: int, width: int,
+            tile: Optional[tuple] = None, platform: Optional[str] = None) -> dict:
+    """Predicted peak memory of a run at ``height`` x ``width`` px, in bytes per component.
+
+    ``tile``: (th, tw) of a tiled run (the device holds one tile at a time); ``platform``:
+    "cpu", "gpu" or "tpu" (None: jax's default backend). Returns
+    ``{"params", "activations", "targets", "solver", "runtime", ["host tiling buffers"],
+    "total"}``.
+    """
+    full_h, full_w = height, width
+    if tile is not None:
+        height, width = min(tile[0], height), min(tile[1], width)
+    e = 2 if cfg.dtype == "bfloat16" else 4
+    deepest = max(cfg.layers, key=LAYERS.index)
+    shapes = _layer_shapes(height, width, deepest)
+    convs = [(n, ci, co) for n, ci, co in CONV_SPECS if n in {s[0] for s in shapes}]
+    params = sum((9 * ci * co + co) * (4 + (e if e != 4 else 0)) for _, ci, co in convs)
+    acts, largest = 0, 0
+    for name, h, w, c in shapes:  # conv, relu and pool outputs alike
+        acts += h * w * c * e
+        largest = max(largest, h * w * c)
+    acts += 2 * largest * 4
+    by_name = {s[0]: s for s in shapes}
+    targets = sum(by_name[n][1] * by_name[n][2] * by_name[n][3] * 4 for n in cfg.content_layers)
+    targets += sum(2 * by_name[n][3] ** 2 * 4 for n in cfg.style_layers)
+    image = height * width * 3 * 4
+    if scfg.kind == "adam":
+        solver = ADAM_IMAGES * image
+    else:
+        solver = (2 * scfg.history + LINE_SEARCH_IMAGES) * image
+    if platform is None:
+        import jax
+        platform = jax.default_backend()
+    if platform == "cpu":
+        solver *= 2  # no buffer donation on CPU: input and output states coexist
+    table = {"params": params, "activations": acts, "targets": targets, "solver": solver,
+             "runtime": RUNTIME_OVERHEAD[scfg.kind]}
+    if tile is not None and (height, width) != (full_h, full_w):
+        table["host tiling buffers"] = 3 * full_h * full_w * 3 * 4 + full_h * full_w * 4
+    table["total"] = sum(table.values())
+    return table
+
+
+def free_memory(device=None) -> int:
+    """Bytes the device can still allocate: on GPU/TPU ``bytes_limit - bytes_in_use`` from
+    ``memory_stats()``; on CPU the host's MemAvailable (/proc/meminfo)."""
+    import jax
+
+    device = device or jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def format_plan(table: dict, free: int, height: int, width: int, tile=None) -> str:
+    """The plan as a small text table, one component a line, then the device's free memory."""
+    what = f"{width}x{height} px" + (f", tiles of {tile[1]}x{tile[0]} px" if tile else "")
+    lines = [f"memory plan for {what}:"]
+    lines += [f"  {k:<22}{_mib(v):>14}" for k, v in table.items() if k != "total"]
+    lines += [f"  {'predicted peak':<22}{_mib(table['total']):>14}",
+              f"  {'free on the device':<22}{_mib(free):>14}",
+              "  fits" if table["total"] <= free else "  does NOT fit"]
+    return "\n".join(lines)
+
+
+def refusal(table: dict, free: int, height: int, width: int, scfg: SolverConfig,
+            tiled: bool) -> str:
+    """The one sentence a run that will not fit stops with."""
+    tips = ["a smaller --size"]
+    if not tiled:
+        tips.append("--tile 512")
+    elif height > 256 or width > 256:
+        tips.append("a smaller --tile")
+    if scfg.kind != "adam":
+        tips.append("--optimizer adam")
+        if scfg.history > 10:
+            tips.append("a shorter --lbfgs-history such as 10")
+    return (f"This run needs about {_mib(table['total'])} at {width}x{height} px but only "
+            f"{_mib(free)} is free on the device: try {', '.join(tips[:-1])} or {tips[-1]} "
+            "(--plan shows the breakdown).")
+
+
+def check(cfg: LossConfig, scfg: SolverConfig, height: int, width: int, tile=None,
+          show: bool = False, free: Optional[int] = None, out=None) -> dict:
+    """Predicts the run's peak; prints the plan if ``show``; raises StylejaxError (one
+    sentence, with the figures and what to change) if it exceeds the free memory, unless
+    ``show`` (then the plan says so). Returns the table."""
+    from stylejax.errors import StylejaxError
+
+    table = predict(cfg, scfg, height, width, tile)
+    free = free_memory() if free is None else free
+    if show:
+        print(format_plan(table, free, height, width, tile), file=out)
+        return table
+    if table["total"] > free:
+        raise StylejaxError(refusal(table, free, height, width, scfg, tile is not None))
+    return table
+
+
+def check_run(args, rc, shape) -> bool:
+    """The command line's memory check, before any work: with ``--plan`` prints the plan and
+    returns True (exit 0); otherwise raises StylejaxError if the run will not fit, else
+    returns False. ``shape``: the prepared content image's (H, W, ...)."""
+    from stylejax.solvers import SolverConfig
+    from stylejax.tiling import check_tile, default_overlap
+
+    h, w = shape[:2]
+    scfg = SolverConfig(rc.optimizer, iterations=rc.max_iter, lr=rc.lr, history=rc.history)
+    tile = None
+    if getattr(args, "tile", None):
+        overlap = default_overlap(args.tile) if args.tile_overlap is None else args.tile_overlap
+        tile = check_tile(args.tile, overlap, h, w, rc.loss.layers)
+    check(rc.loss, scfg, h, w, tile, show=bool(getattr(args, "plan", False)))
+    return bool(getattr(args, "plan", False))

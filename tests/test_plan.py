@@ -1,0 +1,97 @@
+"""The memory plan (stylejax/plan.py): its model, its refusal, and its accuracy on CPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import stylejax
+from conftest import REPO
+from stylejax import plan
+from stylejax.errors import StylejaxError
+from stylejax.solvers import SolverConfig
+
+CFG = stylejax.preset_config("johnson")
+
+
+def test_components_follow_the_shapes():
+    a = plan.predict(CFG, SolverConfig("lbfgs", history=100), 128, 128, platform="gpu")
+    b = plan.predict(CFG, SolverConfig("lbfgs", history=100), 256, 256, platform="gpu")
+    assert a["total"] == sum(v for k, v in a.items() if k != "total")
+    assert b["activations"] / a["activations"] == pytest.approx(4, rel=0.02)
+    assert b["params"] == a["params"] and b["runtime"] == a["runtime"]
+    image = 256 * 256 * 3 * 4
+    assert b["solver"] == (2 * 100 + plan.LINE_SEARCH_IMAGES) * image
+    short = plan.predict(CFG, SolverConfig("lbfgs", history=5), 256, 256, platform="gpu")
+    assert b["solver"] - short["solver"] == 2 * 95 * image
+    cpu = plan.predict(CFG, SolverConfig("lbfgs", history=100), 256, 256, platform="cpu")
+    assert cpu["solver"] == 2 * b["solver"]  # no donation on CPU
+    adam = plan.predict(CFG, SolverConfig("adam"), 256, 256, platform="gpu")
+    assert adam["solver"] == plan.ADAM_IMAGES * image
+    bf16 = plan.predict(stylejax.preset_config("johnson", dtype="bfloat16"),
+                        SolverConfig("lbfgs"), 256, 256, platform="gpu")
+    assert bf16["activations"] < 0.6 * b["activations"]
+
+
+def test_tiles_bound_the_device_memory():
+    scfg = SolverConfig("lbfgs")
+    t1 = plan.predict(CFG, scfg, 2048, 2048, tile=(512, 512), platform="cpu")
+    t2 = plan.predict(CFG, scfg, 4096, 4096, tile=(512, 512), platform="cpu")
+    whole = plan.predict(CFG, scfg, 2048, 2048, platform="cpu")
+    assert t1["activations"] == t2["activations"] and t1["solver"] == t2["solver"]
+    assert t2["host tiling buffers"] == 4 * t1["host tiling buffers"]
+    assert t1["total"] < whole["total"] / 5
+
+
+def test_refuses_with_the_figures_and_what_to_change():
+    scfg = SolverConfig("lbfgs", history=100)
+    with pytest.raises(StylejaxError) as e:
+        plan.check(CFG, scfg, 1024, 1024, free=2**30)
+    msg = str(e.value)
+    assert "1,024 MiB is free" in msg and "--tile" in msg and "--optimizer adam" in msg
+    assert "--lbfgs-history" in msg and ". " not in msg and msg.endswith(".")
+    table = plan.check(CFG, scfg, 64, 64, free=2**40)
+    assert table["total"] < 2**40
+    assert 0 < plan.free_memory() < 2**50
+
+
+MEASURE = r"""
+import json, resource, sys
+import jax, numpy as np
+import stylejax
+from stylejax import plan
+from stylejax.solvers import SolverConfig, init_state, run_epoch
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) * 1024
+
+size, weights = int(sys.argv[1]), sys.argv[2]
+vgg = stylejax.load_vgg19(weights)
+jax.block_until_ready(vgg.params)
+base = rss()  # after imports and loading the weights (the params are already in here)
+cfg, scfg = stylejax.preset_config("johnson"), SolverConfig("lbfgs", iterations=2, history=100)
+rng = np.random.default_rng(0)
+content, style = rng.uniform(0, 1, (2, size, size, 3)).astype(np.float32)
+targets = stylejax.make_targets(vgg, content, style, cfg)
+state = run_epoch(init_state(scfg, vgg, content[None], targets, cfg), vgg, targets, cfg=cfg,
+                  scfg=scfg)
+float(state.value)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+table = plan.predict(cfg, scfg, size, size)
+print(json.dumps({"measured": peak - base, "predicted": table["total"] - table["params"]}))
+"""
+
+
+@pytest.mark.parametrize("size", [128, 256])
+def test_prediction_within_25_percent_of_measured_peak_rss(size, weights_path):
+    r = subprocess.run([sys.executable, "-c", MEASURE, str(size), str(weights_path)],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    print(size, got)
+    assert got["predicted"] == pytest.approx(got["measured"], rel=0.25), got
