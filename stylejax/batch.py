@@ -18,6 +18,7 @@ command line (`run_folder`) and `throughput`.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import io
 import math
@@ -63,13 +64,66 @@ def init_batch_state(scfg: SolverConfig, vgg, images, targets, cfg: LossConfig, 
     return dev.constrain(_vmapped_init(scfg, vgg, images, targets, cfg), mesh)
 
 
+def _shared_vgg_value_and_grad(vgg, cfg):
+    """``f(x, targets) -> (loss, d loss / d x)`` of one pair, for jaxopt's
+    ``value_and_grad=True``, that keeps ``vgg`` shared when the pairs are vmapped.
+
+    Why: jaxopt's zoom line search branches with `lax.cond` on per-pair conditions. Under
+    vmap such a cond becomes a select and broadcasts every operand to all pairs, the VGG
+    parameters (closed over by the objective) included. With a batched kernel JAX writes
+    each convolution as a grouped one (the pairs folded into the channels), which is slower
+    and, with the pairs sharded over devices, makes XLA all-gather the activations. The
+    objective is `custom_vmap`-ed: its batching rule takes the parameters of pair 0 (all
+    pairs hold the same ones: ``vgg`` is closed over, never mapped) and maps only the
+    images and targets, so the pairs are folded into the convolutions' batch axis.
+    """
+    from stylejax.losses import loss_fn
+
+    def value_and_grad(vgg, x, targets):
+        return jax.value_and_grad(loss_fn, argnums=1)(vgg, x, targets, cfg)
+
+    shared = jax.custom_batching.custom_vmap(value_and_grad)
+
+    @shared.def_vmap
+    def _rule(axis_size, in_batched, vgg, x, targets):
+        vgg_b, x_b, targets_b = in_batched
+        vgg = jax.tree.map(lambda a, b: a[0] if b else a, vgg, vgg_b)
+        spread = lambda a, b: a if b else jnp.broadcast_to(a, (axis_size,) + a.shape)  # noqa
+        x = spread(x, x_b)
+        targets = jax.tree.map(spread, targets, targets_b)
+        out = jax.vmap(value_and_grad, in_axes=(None, 0, 0))(vgg, x, targets)
+        return out, (True, True)
+
+    return lambda x, targets: shared(vgg, x, targets)
+
+
+def _lbfgs_epoch(state, vgg, targets, cfg, scfg):
+    """One pair's jaxopt L-BFGS epoch, as `solvers.run_epoch`'s (same solver settings, from
+    the solver's private `_jaxopt_lbfgs`), with the objective of
+    `_shared_vgg_value_and_grad`."""
+    from stylejax.solvers import SolverState, _jaxopt_lbfgs
+
+    solver = dataclasses.replace(_jaxopt_lbfgs(scfg, cfg), value_and_grad=True,
+                                 fun=_shared_vgg_value_and_grad(vgg, cfg))
+
+    def body(_, carry):
+        x, inner = carry
+        return tuple(solver.update(x, inner, targets))
+
+    x, inner = jax.lax.fori_loop(0, scfg.iterations, body, (state.image, state.inner))
+    return SolverState(x, inner, inner.value)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "scfg", "mesh"), donate_argnames=("state",))
 def run_batch_epoch(state, vgg, targets, *, cfg: LossConfig, scfg: SolverConfig, mesh=None):
     """`solvers.run_epoch` for every pair at once (one compiled call; ``state`` donated).
     ``state.value`` is [N], ``state.image`` [N, 1, H, W, 3]."""
     state, targets = dev.constrain((state, targets), mesh)
-    state = jax.vmap(lambda s, t: run_epoch(s, vgg, t, cfg=cfg, scfg=scfg))(state, targets)
-    return dev.constrain(state, mesh)
+    if scfg.kind == "lbfgs":
+        epoch = lambda s, t: _lbfgs_epoch(s, vgg, t, cfg, scfg)  # noqa: E731
+    else:  # optax's line search closes over the objective: nothing to work around
+        epoch = lambda s, t: run_epoch(s, vgg, t, cfg=cfg, scfg=scfg)  # noqa: E731
+    return dev.constrain(jax.vmap(epoch)(state, targets), mesh)
 
 
 def _image_list(contents) -> list:
@@ -185,6 +239,8 @@ def resolve_args(args):
         # `--content-dir DIR STYLE...`: every positional argument is a style image.
         args.style = [args.content] + list(args.style or [])
         args.content = None
+    if folder is not None and not (args.style or getattr(args, "style_images", None)):
+        raise StylejaxError("Give the style image too: --content-dir DIR --style STYLE.")
     if folder is None and args.content is None:
         raise StylejaxError("Give a content and a style image (stylize.py CONTENT STYLE), or "
                             "a folder of them (--content-dir DIR --style STYLE).")
@@ -220,35 +276,12 @@ def _check_supported(args, rc) -> None:
         ("--preserve-colors", getattr(rc, "preserve_colors", None)),
         ("--content-mask", getattr(args, "content_mask", None)),
         ("--style-masks", getattr(args, "style_masks", None)),
+        ("--tile", getattr(args, "tile", None)),
+        ("--plan", getattr(args, "plan", None)),
         ("--resume", what != "--content-dir" and args.resume)) if used]
     if unsupported:
         raise StylejaxError(f"{what} does not support {', '.join(unsupported)} yet: run "
                             "those images one at a time.")
-
-
-def load_pair(rc, content_path, style_paths, max_pixels):
-    """The content [h, w, 3] and styles [[h_i, w_i, 3]] resized as a one-image run resizes
-    them (the content's ``rc.edge`` side to ``rc.size``; each style to the content's size
-    (seed preset) or its long side to ``rc.style_scale`` times the content's)."""
-    from stylejax.vgg import min_size
-
-    content = imageio.load_image(content_path, max_pixels)
-    h, w = imageio.fit_size(*content.shape[:2], rc.size, rc.edge)
-    content = imageio.resize(content, h, w)
-    styles = []
-    for path in style_paths:
-        style = imageio.load_image(path, max_pixels)
-        size = (h, w) if rc.style_to_content_size else imageio.fit_size(
-            *style.shape[:2], max(1, round(max(h, w) * rc.style_scale)), "long")
-        styles.append(imageio.resize(style, *size))
-    need = min_size(rc.loss.layers)
-    for name, image in [("content", content)] + [("style", s) for s in styles]:
-        if min(image.shape[:2]) < need:
-            raise StylejaxError(
-                f"The {name} image is {image.shape[1]}x{image.shape[0]} px after resizing, too "
-                f"small for the chosen layers: they need at least {need} px on each side "
-                "(raise --size or --style-scale).")
-    return content, styles
 
 
 @dataclass
@@ -263,28 +296,23 @@ def _warn(message: str) -> None:
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def scan_folder(folder, rc, max_pixels) -> list:
+def scan_folder(folder, rc, style_paths, max_pixels) -> list:
     """The usable images in ``folder`` (sorted by name; subfolders ignored) with their
     output names and sizes after resizing; warns (one line on stderr) for each file
-    skipped: not an image, unreadable, or too small."""
-    from stylejax.vgg import min_size
+    skipped: not an image, unreadable, or too small (with its style) for the layers."""
+    from stylejax.driver import prepare_images
 
     folder = Path(folder)
     if not folder.is_dir():
         raise StylejaxError(f"--content-dir {folder} is not a folder.")
-    usable, need = [], min_size(rc.loss.layers)
+    usable = []
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        try:
-            h, w = imageio.fit_size(*imageio.load_image(path, max_pixels).shape[:2], rc.size,
-                                    rc.edge)
+        try:  # exactly what a one-image run would load; the arrays are loaded again later
+            content, _ = prepare_images(rc, path, list(style_paths), max_pixels)
         except StylejaxError as e:
             _warn(f"skipped {path.name}: {e}")
             continue
-        if min(h, w) < need:
-            _warn(f"skipped {path.name}: it is {w}x{h} px after resizing, under the {need} px "
-                  "the chosen layers need.")
-            continue
-        usable.append(_Entry(path, path.stem, (h, w)))
+        usable.append(_Entry(path, path.stem, content.shape[:2]))
     stems = [e.name.casefold() for e in usable]
     for e in usable:  # "a.jpg" and "a.png" would both be "a.png": name them in full
         if stems.count(e.name.casefold()) > 1:
@@ -327,6 +355,7 @@ def run_folder(args, rc) -> int:
     ``OUT/snapshot_NNNN.png``, ``OUT/losses.csv``). Returns the exit status."""
     from tqdm import tqdm
 
+    from stylejax.driver import prepare_images
     from stylejax.weights import load_vgg19
 
     _check_supported(args, rc)
@@ -341,12 +370,12 @@ def run_folder(args, rc) -> int:
     init = rc.init if rc.init in ("content", "noise") else imageio.load_image(rc.init,
                                                                               args.max_pixels)
     if folder is not None:
-        entries = scan_folder(folder, rc, args.max_pixels)
+        entries = scan_folder(folder, rc, styles, args.max_pixels)
         if not entries:
             raise StylejaxError(f"{folder} holds no image that can be stylized.")
         shot_name = "snapshots/{name}_{epoch:04d}.png"
     else:
-        content, _ = load_pair(rc, args.content, styles, args.max_pixels)
+        content, _ = prepare_images(rc, args.content, styles, args.max_pixels)
         entries = [_Entry(Path(args.content), "final", content.shape[:2])]
         shot_name = "snapshot_{epoch:04d}.png"
     rows, total = [], len(entries)
@@ -372,7 +401,7 @@ def run_folder(args, rc) -> int:
                dynamic_ncols=True, disable=not main)
     try:
         for chunk, lanes in batches:
-            pairs = [load_pair(rc, e.path, styles, args.max_pixels) for e in chunk]
+            pairs = [prepare_images(rc, e.path, styles, args.max_pixels) for e in chunk]
             pairs += pairs[-1:] * (lanes - len(chunk))  # same count: one compile per size
             last = [time.perf_counter()]
 

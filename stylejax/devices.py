@@ -20,7 +20,7 @@ spans every host's devices, and `to_host` gathers results from all of them.
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 import numpy as np
@@ -120,16 +120,6 @@ def to_host(x) -> np.ndarray:
 
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
-
-
-def placer(shard: str) -> Callable:
-    """For the one-image command line: a function placing an unbatched pytree (images
-    [H, W, 3] / [1, H, W, 3], solver state, targets) for ``shard`` ("spatial": rows split
-    over all local devices; anything else: returned unchanged)."""
-    if shard != "spatial":
-        return lambda tree: tree
-    mesh = make_mesh("spatial", 1, jax.local_devices())
-    return lambda tree: place(tree, mesh, batched=False)
 
 
 def wants_distributed(flag: bool = False) -> bool:

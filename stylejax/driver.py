@@ -187,6 +187,19 @@ def _check_preserve(preserve_colors):
                             "histogram or None.")
 
 
+def call_inputs(epochs, preserve_colors, optimizer, max_iter, lr, history, content, style):
+    """Validates a library call's settings; returns (SolverConfig, content [H, W, 3],
+    list of style images [h, w, 3]), all float32."""
+    if epochs < 1:
+        raise StylejaxError(f"The number of epochs must be >= 1, got {epochs}.")
+    _check_preserve(preserve_colors)
+    scfg = SolverConfig(optimizer, iterations=max_iter, lr=lr, history=history)
+    content = np.asarray(content, np.float32).reshape(np.shape(content)[-3:])
+    styles = [np.asarray(s, np.float32).reshape(np.shape(s)[-3:])
+              for s in (style if isinstance(style, (list, tuple)) else [style])]
+    return scfg, content, styles
+
+
 def run_epochs(vgg, targets, cfg: LossConfig, scfg: SolverConfig, state, last: int,
                first: int = 1):
     """Runs epochs ``first..last`` from ``state``; yields ``(epoch, state, loss)`` after each.
@@ -238,13 +251,8 @@ def stylize(vgg, content, style, cfg: LossConfig, *, epochs: int, max_iter: int,
       StylejaxError: bad arguments, or a NaN/inf loss (the last good image was already
         passed to ``callback``).
     """
-    if epochs < 1:
-        raise StylejaxError(f"The number of epochs must be >= 1, got {epochs}.")
-    _check_preserve(preserve_colors)
-    scfg = SolverConfig(optimizer, iterations=max_iter, lr=lr, history=history)
-    content = np.asarray(content, np.float32).reshape(np.shape(content)[-3:])
-    styles = [np.asarray(s, np.float32).reshape(np.shape(s)[-3:])
-              for s in (style if isinstance(style, (list, tuple)) else [style])]
+    scfg, content, styles = call_inputs(epochs, preserve_colors, optimizer, max_iter, lr,
+                                        history, content, style)
     _check_masks(content, styles, content_masks, style_masks)
     sizes = stage_sizes(*content.shape[:2], scales)
     check_stages(content.shape, [s.shape for s in styles], sizes, cfg.layers, style_scale)

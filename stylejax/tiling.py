@@ -146,15 +146,10 @@ def stylize_tiled(vgg, content, style, cfg: LossConfig, *, tile: int,
     Memory: one tile's solver state and activations on the device (see `stylejax.plan`), and
     four image-sized float32 buffers on the host.
     """
-    from stylejax.driver import colour_inputs, initial_image, shown_image, _check_preserve
+    from stylejax.driver import call_inputs, colour_inputs, initial_image, shown_image
 
-    if epochs < 1:
-        raise StylejaxError(f"The number of epochs must be >= 1, got {epochs}.")
-    _check_preserve(preserve_colors)
-    scfg = SolverConfig(optimizer, iterations=max_iter, lr=lr, history=history)
-    content = np.asarray(content, np.float32).reshape(np.shape(content)[-3:])
-    styles = [np.asarray(s, np.float32).reshape(np.shape(s)[-3:])
-              for s in (style if isinstance(style, (list, tuple)) else [style])]
+    scfg, content, styles = call_inputs(epochs, preserve_colors, optimizer, max_iter, lr,
+                                        history, content, style)
     h, w = content.shape[:2]
     overlap = default_overlap(tile) if overlap is None else int(overlap)
     th, tw = check_tile(tile, overlap, h, w, cfg.layers)

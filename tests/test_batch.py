@@ -73,6 +73,11 @@ def test_finished_lanes_stay_frozen(vgg, pairs, batch_result):
     assert len(set(evaluations.tolist())) > 1, evaluations
     np.testing.assert_allclose(np.asarray(state.image)[:, 0], batch_result[0].images,
                                rtol=0, atol=1e-6)
+    # The pairs share one copy of the VGG weights: no convolution became a grouped one (as
+    # vmap makes of a convolution whose kernel was broadcast to every pair).
+    hlo = batch.run_batch_epoch.lower(state, vgg, targets, cfg=CFG, scfg=scfg,
+                                      mesh=None).compile().as_text()
+    assert " convolution(" in hlo and "feature_group_count" not in hlo
 
 
 def test_batch_argument_errors(vgg, pairs):
@@ -105,13 +110,24 @@ result = stylejax.stylize_batch(vgg, contents, styles, cfg, epochs=2, max_iter=1
                                 shard="batch")
 np.save(os.environ["BATCH_OUT"], result.images)
 out["epoch_compiles"] = batch.run_batch_epoch._cache_size()  # epoch 2 reused epoch 1's
+# The same program by hand (3 pairs + a copy), to look at its placement and collectives.
 mesh = dev.make_mesh("batch", 4)
-placed = dev.place(np.zeros((4, 1, 32, 40, 3), np.float32), mesh)
-out["batch_shards"] = sorted(s.data.shape for s in placed.addressable_shards)
+scfg = stylejax.SolverConfig("lbfgs", iterations=1, history=10)
+four = list(zip(contents, styles)) + [(contents[-1], styles[-1])]
+targets = jax.tree.map(lambda *a: np.stack([np.asarray(x) for x in a]),
+                       *[stylejax.make_targets(vgg, c, s, cfg) for c, s in four])
+images = np.stack([c[None] for c, _ in four])
+targets, images, shared = *dev.place((targets, images), mesh), dev.replicate(vgg, mesh)
+state = batch.init_batch_state(scfg, shared, images, targets, cfg, mesh=mesh)
+out["batch_shards"] = sorted(s.data.shape for s in state.image.addressable_shards)
+hlo = batch.run_batch_epoch.lower(state, shared, targets, cfg=cfg, scfg=scfg,
+                                  mesh=mesh).compile().as_text()
+out["batch_gathers"] = hlo.count("all-gather")
 
 # Spatial sharding of one 128 px image: loss and gradient of the solver's first evaluation.
 content, style = smooth_image(128, 128, 11), smooth_image(64, 64, 12)
-targets = jax.tree.map(lambda a: np.asarray(a)[None], stylejax.make_targets(vgg, content, style, cfg))
+targets = jax.tree.map(lambda a: np.asarray(a)[None],
+                       stylejax.make_targets(vgg, content, style, cfg))
 scfg = stylejax.SolverConfig("lbfgs", iterations=1, history=2)
 ref = batch.init_batch_state(scfg, vgg, jnp.asarray(content[None, None]),
                              jax.tree.map(jnp.asarray, targets), cfg)
@@ -143,6 +159,7 @@ def test_four_devices_equal_one(tmp_path, weights_path, pairs, batch_result):
     assert info["devices"] == 4
     assert info["batch_shards"] == [[1, 1, 32, 40, 3]] * 4  # one lane on each device
     assert info["epoch_compiles"] == 1
+    assert info["batch_gathers"] == 0  # each device keeps its own images' activations
     np.testing.assert_allclose(np.load(tmp_path / "batch.npy"), batch_result[0].images,
                                rtol=0, atol=1e-4)
     # Spatial: each device holds 32 of the 128 rows; XLA exchanged halos between them.
@@ -169,8 +186,10 @@ def test_folder_run_writes_one_result_per_image(tmp_path, weights_path, capsys):
     (src / "notes.txt").write_text("not an image")
     (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n and then nothing")
     _save(tmp_path / "style.png", smooth_image(40, 40, 6))
+    # Two shallow layers keep the three compilations (two sizes, one lone run) quick.
     flags = ["--weights", weights_path, "--size", 64, "--epochs", 2, "--max-iter", 2,
-             "--lbfgs-history", 10]
+             "--lbfgs-history", 10, "--content-layers", "relu2_1",
+             "--style-layers", "relu1_1,relu2_1"]
     code = driver.main(list(map(str, ["--content-dir", src, "--style", tmp_path / "style.png",
                                       "--out", out, *flags])))
     err = capsys.readouterr().err
