@@ -244,7 +244,7 @@ def resolve_args(args):
     if folder is None and args.content is None:
         raise StylejaxError("Give a content and a style image (stylize.py CONTENT STYLE), or "
                             "a folder of them (--content-dir DIR --style STYLE).")
-    if getattr(args, "batch_size", 1) < 1:
+    if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
         raise StylejaxError(f"--batch-size must be >= 1, got {args.batch_size}.")
     if dev.wants_distributed(getattr(args, "distributed", False)):
         if folder is None:
@@ -335,6 +335,14 @@ def plan_batches(entries, batch_size: int) -> list:
     return batches
 
 
+def default_batch_size() -> int:
+    """8 images at once on GPU/TPU (or one per device, if more). On CPU one per device:
+    one image already keeps the cores busy, and a batch waits for its slowest pair's line
+    search (see the README's throughput table)."""
+    count = len(jax.devices())
+    return count if jax.default_backend() == "cpu" else max(8, count)
+
+
 LOG_FIELDS = ["name", "epoch", "iterations", "loss", "seconds", "snapshot"]
 
 
@@ -395,7 +403,7 @@ def run_folder(args, rc) -> int:
         for e in entries:
             dev.spec((1, 1, *e.size, 3), mesh)
     vgg = load_vgg19(args.weights)
-    batches = plan_batches(entries, args.batch_size)
+    batches = plan_batches(entries, args.batch_size or default_batch_size())
     main = dev.is_main_process()
     bar = tqdm(total=len(batches) * rc.epochs, unit="epoch", file=sys.stderr,
                dynamic_ncols=True, disable=not main)

@@ -372,8 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stylize every image in DIR (one compiled batch per size): writes "
                         "OUT/<name>.png and OUT/snapshots/<name>_NNNN.png; --resume skips "
                         "images already written")
-    p.add_argument("--batch-size", type=int, default=8,
-                   help="with --content-dir: most images optimised at once (default 8)")
+    p.add_argument("--batch-size", type=int,
+                   help="with --content-dir: most images optimised at once (default: 8 on "
+                        "GPU/TPU or the device count if larger; on CPU one per device)")
     p.add_argument("--shard", choices=("auto", "batch", "spatial", "none"), default="auto",
                    help="several devices: auto/batch split the images of a batch over them; "
                         "spatial splits each image's rows (one image too large for one "

@@ -188,7 +188,7 @@ def test_folder_run_writes_one_result_per_image(tmp_path, weights_path, capsys):
     _save(tmp_path / "style.png", smooth_image(40, 40, 6))
     # Two shallow layers keep the three compilations (two sizes, one lone run) quick.
     flags = ["--weights", weights_path, "--size", 64, "--epochs", 2, "--max-iter", 2,
-             "--lbfgs-history", 10, "--content-layers", "relu2_1",
+             "--lbfgs-history", 10, "--batch-size", 2, "--content-layers", "relu2_1",
              "--style-layers", "relu1_1,relu2_1"]
     code = driver.main(list(map(str, ["--content-dir", src, "--style", tmp_path / "style.png",
                                       "--out", out, *flags])))
