@@ -229,8 +229,10 @@ def main():
     p.add_argument("--converge-size", type=int, default=256)
     p.add_argument("--converge-iters", type=int, default=200)
     p.add_argument("--optimizers", default="lbfgs,optax-lbfgs,adam")
+    p.add_argument("--batches", help="batch sizes of the 256 px throughput line (default "
+                                     "1,4,8; 1,4 on CPU, where a batch of 8 takes hours)")
     p.add_argument("--skip", default="", help="comma-separated sections to skip: "
-                                              "race,peak,epoch,converge,memory")
+                                              "race,peak,epoch,converge,throughput,memory")
     p.add_argument("--json")
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -289,6 +291,14 @@ def main():
                   f"{r['compile_s']:.1f} s compile {r['solve_s']:.1f} s, "
                   f"{r['solve_s'] / ref['seconds']:.2f}x), {status} after {r['iterations']} "
                   f"iterations, loss {r['loss']:.6g}", flush=True)
+    if "throughput" not in skip:
+        from bench_throughput import throughput_line
+
+        batches = [int(b) for b in (args.batches or (
+            "1,4" if jax.default_backend() == "cpu" else "1,4,8")).split(",")]
+        line, rows = throughput_line(vgg, 256, batches, iterations=3)
+        report["throughput"] = rows
+        print(f"\n{line}", flush=True)
     if "memory" not in skip:
         size = max(sizes)
         report["memory"] = [peak_memory(side, size) for side in ("jax", "torch")]

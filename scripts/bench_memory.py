@@ -31,7 +31,10 @@ def main(side, size):
         import stylejax
         from stylejax.weights import CAFFE, Vgg19
 
+        # Device copies, as load_vgg19 makes them; the numpy originals are then dropped (torch
+        # shares them through from_numpy instead).
         vgg = Vgg19(params=jax.tree.map(jnp.asarray, params), preprocess=CAFFE)
+        del params
         cfg = stylejax.preset_config("johnson")
         targets = stylejax.make_targets(vgg, content, style, cfg)
         vg = jax.jit(jax.value_and_grad(stylejax.loss_fn, argnums=1), static_argnames="cfg")
@@ -61,7 +64,19 @@ def main(side, size):
             loss(x).backward()
         device = torch.cuda.max_memory_allocated() if dev == "cuda" else None
     print(json.dumps({"side": side, "size": size, "device_peak_mb": device and device / 2**20,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": peak_rss_mb()}))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM restarts at exec; ru_maxrss would count the
+    parent's memory that the fork copied (bench.py's, several GB)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 if __name__ == "__main__":
