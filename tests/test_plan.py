@@ -59,15 +59,17 @@ def test_refuses_with_the_figures_and_what_to_change():
 
 
 MEASURE = r"""
-import json, resource, sys
+import json, sys
 import jax, numpy as np
 import stylejax
 from stylejax import plan
 from stylejax.solvers import SolverConfig, init_state, run_epoch
 
-def rss():
+def rss(field="VmRSS"):
+    # VmHWM (the peak) restarts at exec; ru_maxrss would include the memory this process
+    # inherited by fork from pytest (gigabytes late in a full test run).
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS"):
+        if line.startswith(field):
             return int(line.split()[1]) * 1024
 
 size, weights = int(sys.argv[1]), sys.argv[2]
@@ -81,7 +83,7 @@ targets = stylejax.make_targets(vgg, content, style, cfg)
 state = run_epoch(init_state(scfg, vgg, content[None], targets, cfg), vgg, targets, cfg=cfg,
                   scfg=scfg)
 float(state.value)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = rss("VmHWM")
 table = plan.predict(cfg, scfg, size, size)
 print(json.dumps({"measured": peak - base, "predicted": table["total"] - table["params"]}))
 """
