@@ -21,7 +21,9 @@ The model (bytes; E = 4 for float32 activations, 2 for bfloat16; image = H*W*3*4
   CPU as the peak RSS growth of a 256x256 run with L-BFGS history 5, resp. Adam, minus the
   terms above; the L-BFGS program, with its line search, is larger to compile).
 - with tiling, everything above is for one tile, and ``host tiling buffers`` adds the full-size
-  image, content, blend sum (3 * image) and weights (H*W*4) kept in host memory.
+  image, content, blend sum (3 * image) and weights (H*W*4) kept in host memory; the peak is
+  the larger of the tiles' phase and the one-off style pass over the full-size style image
+  (``STYLE_PASS_LAYERS`` times its largest activation).
 
 Measured on CPU (jax 0.10, XLA CPU, 2 cores) against the peak RSS growth over the process
 after imports and weight loading: see tests/test_plan.py and the README.
@@ -42,6 +44,9 @@ RUNTIME_OVERHEAD = {"lbfgs": 300 * 2**20, "optax-lbfgs": 300 * 2**20, "adam": 19
 optax-lbfgs is assumed equal to lbfgs, not measured)."""
 LINE_SEARCH_IMAGES = 12
 """Image-sized temporaries of jaxopt's L-BFGS state and zoom line search."""
+STYLE_PASS_LAYERS = 5
+"""Activations of the largest VGG layer alive at once in the forward pass over a full-size
+style image (tiled runs; fitted to one measured 2048 px run)."""
 ADAM_IMAGES = 6
 """Image-sized buffers of Adam: moments, update, gradient and temporaries."""
 
@@ -97,9 +102,18 @@ def predict(cfg: LossConfig, scfg: SolverConfig, height: int, width: int,
         solver *= 2  # no buffer donation on CPU: input and output states coexist
     table = {"params": params, "activations": acts, "targets": targets, "solver": solver,
              "runtime": RUNTIME_OVERHEAD[scfg.kind]}
+    total = sum(table.values())
     if tile is not None and (height, width) != (full_h, full_w):
         table["host tiling buffers"] = 3 * full_h * full_w * 3 * 4 + full_h * full_w * 4
-    table["total"] = sum(table.values())
+        # Before the tiles run, the style Grams come from one forward pass over the whole
+        # style image at the output size: about STYLE_PASS_LAYERS of its largest activation
+        # live at once (measured: 2048 px, --tile 512: 5.4 GiB peak RSS). Not at the same time
+        # as the tile's solver, so the peak is the larger of the two phases.
+        largest_full = max(h * w * c for _, h, w, c in _layer_shapes(full_h, full_w, deepest))
+        table["style pass (one-off)"] = STYLE_PASS_LAYERS * largest_full * e
+        total = table["host tiling buffers"] + max(
+            total, params + RUNTIME_OVERHEAD[scfg.kind] + table["style pass (one-off)"])
+    table["total"] = total
     return table
 
 
