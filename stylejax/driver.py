@@ -210,11 +210,16 @@ def run_epochs(vgg, targets, cfg: LossConfig, scfg: SolverConfig, state, last: i
     for epoch in range(first, last + 1):
         state = run_epoch(state, vgg, targets, cfg=cfg, scfg=scfg)
         loss = float(state.value)  # the one host sync per epoch
-        if not math.isfinite(loss):
-            raise StylejaxError(
-                f"The loss became {loss} in epoch {epoch}; stopped, keeping the last good "
-                "image: lower --lr or the loss weights, or use --optimizer optax-lbfgs.")
+        check_finite(epoch, loss)
         yield epoch, state, loss
+
+
+def check_finite(epoch: int, loss: float) -> None:
+    """Raises the one-sentence StylejaxError for a NaN or infinite loss."""
+    if not math.isfinite(loss):
+        raise StylejaxError(
+            f"The loss became {loss} in epoch {epoch}; stopped, keeping the last good "
+            "image: lower --lr or the loss weights, or use --optimizer optax-lbfgs.")
 
 
 def stylize(vgg, content, style, cfg: LossConfig, *, epochs: int, max_iter: int,

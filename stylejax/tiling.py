@@ -146,7 +146,8 @@ def stylize_tiled(vgg, content, style, cfg: LossConfig, *, tile: int,
     Memory: one tile's solver state and activations on the device (see `stylejax.plan`), and
     four image-sized float32 buffers on the host.
     """
-    from stylejax.driver import call_inputs, colour_inputs, initial_image, shown_image
+    from stylejax.driver import (call_inputs, check_finite, colour_inputs, initial_image,
+                                 run_epochs, shown_image)
 
     scfg, content, styles = call_inputs(epochs, preserve_colors, optimizer, max_iter, lr,
                                         history, content, style)
@@ -163,10 +164,7 @@ def stylize_tiled(vgg, content, style, cfg: LossConfig, *, tile: int,
     result = TiledResult(image=shown_image(preserve_colors, x0, shown_content), tile=(th, tw))
 
     def report(epoch, image, loss, start):
-        if not math.isfinite(loss):
-            raise StylejaxError(
-                f"The loss became {loss} in epoch {epoch}; stopped, keeping the last good "
-                "image: lower --lr or the loss weights, or use --optimizer optax-lbfgs.")
+        check_finite(epoch, loss)
         result.seconds.append(time.perf_counter() - start)
         result.image = shown_image(preserve_colors, image, shown_content)
         result.losses.append(loss)
@@ -176,11 +174,11 @@ def stylize_tiled(vgg, content, style, cfg: LossConfig, *, tile: int,
     if (th, tw) == (h, w):  # one tile: exactly the untiled run, solver state carried
         targets = make_targets(vgg, content, styles, cfg, style_blend_weights)
         state = init_state(scfg, vgg, x0, targets, cfg)
-        for epoch in range(1, epochs + 1):
-            start = time.perf_counter()
-            state = run_epoch(state, vgg, targets, cfg=cfg, scfg=scfg)
+        start = time.perf_counter()
+        for epoch, state, loss in run_epochs(vgg, targets, cfg, scfg, state, epochs):
             result.grids.append([(0, 0)])
-            report(epoch, np.asarray(state.image), float(state.value), start)
+            report(epoch, np.asarray(state.image), loss, start)
+            start = time.perf_counter()
         return result
 
     # Style Grams once, from the whole style image(s); content features per tile.
