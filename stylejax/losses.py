@@ -111,6 +111,31 @@ def _as_batch(image):
     return image[None] if image.ndim == 3 else image
 
 
+def _product(f, g):
+    return jnp.einsum("nmc,nmd->ncd", f, g, precision=jax.lax.Precision.HIGHEST,
+                      preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def _gram_product(f):
+    """FᵀF of [N, M, C] features -> [N, C, C] float32."""
+    return _product(f, f)
+
+
+def _gram_product_fwd(f):
+    return _product(f, f), f
+
+
+def _gram_product_bwd(f, dg):
+    # d(FᵀF) = F(dG + dGᵀ): one matmul where JAX's transpose rule for the einsum makes two.
+    df = jnp.einsum("ncd,nmd->nmc", (dg + jnp.swapaxes(dg, 1, 2)).astype(f.dtype), f,
+                    precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
+    return (df.astype(f.dtype),)
+
+
+_gram_product.defvjp(_gram_product_fwd, _gram_product_bwd)
+
+
 def gram(features, normalization: str = "johnson"):
     """Gram matrices of ``features`` [N, h, w, C] -> [N, C, C] float32.
 
@@ -118,9 +143,7 @@ def gram(features, normalization: str = "johnson"):
     float32 precision (TPUs otherwise run f32 matmuls as bf16 passes).
     """
     n, h, w, c = features.shape
-    f = features.reshape(n, h * w, c)
-    g = jnp.einsum("nmc,nmd->ncd", f, f, precision=jax.lax.Precision.HIGHEST,
-                   preferred_element_type=jnp.float32)
+    g = _gram_product(features.reshape(n, h * w, c))
     scale = {"gatys": h * w, "johnson": h * w * c, "seed": 1}[normalization]
     return g / scale
 

@@ -68,6 +68,33 @@ def _conv3x3_bwd(res, g):
 conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
 
 
+@jax.custom_vjp
+def conv3x3_relu(x, kernel, bias):
+    """``relu(conv3x3(x, kernel) + bias)`` with one saved activation per layer.
+
+    The backward pass reads the ReLU's mask off the output (y > 0 exactly where the
+    pre-activation is), so only the output and the input, which is the previous layer's saved
+    output, are kept: no separate mask or pre-activation per layer. Same values and
+    gradients as the unfused composition.
+    """
+    return jax.nn.relu(_conv(x, kernel) + bias)
+
+
+def _conv3x3_relu_fwd(x, kernel, bias):
+    y = conv3x3_relu(x, kernel, bias)
+    return y, (x, kernel, y)
+
+
+def _conv3x3_relu_bwd(res, g):
+    x, kernel, y = res
+    g = jnp.where(y > 0, g, jnp.zeros_like(g))
+    dx, dkernel = _conv3x3_bwd((x, kernel), g)
+    return dx, dkernel, g.sum(axis=tuple(range(g.ndim - 1)))
+
+
+conv3x3_relu.defvjp(_conv3x3_relu_fwd, _conv3x3_relu_bwd)
+
+
 def pool2x2(x, pooling: str):
     """2x2 pooling with stride 2 ('valid': an odd last row/column is dropped, as in Caffe
     with floor rounding, Keras and torchvision)."""
@@ -87,14 +114,17 @@ class Conv3x3(nn.Module):
 
     features: int
     dtype: jnp.dtype = jnp.float32
+    relu: bool = False  # apply the ReLU too, fused (`conv3x3_relu`)
 
     @nn.compact
     def __call__(self, x):
         kernel = self.param("kernel", nn.initializers.he_normal(),
                             (3, 3, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        y = conv3x3(x.astype(self.dtype), kernel.astype(self.dtype))
-        return y + bias.astype(self.dtype)
+        x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
+        if self.relu:
+            return conv3x3_relu(x, kernel, bias)
+        return conv3x3(x, kernel) + bias
 
 
 class VGG19Features(nn.Module):
@@ -117,9 +147,11 @@ class VGG19Features(nn.Module):
         for name in LAYERS[: deepest + 1]:
             if name.startswith("conv"):
                 _, _, cout = next(convs)
-                x = Conv3x3(cout, self.dtype, name=name)(x)
+                # Fused with its ReLU unless the pre-activation itself is asked for.
+                fused = name not in wanted
+                x = Conv3x3(cout, self.dtype, relu=fused, name=name)(x)
             elif name.startswith("relu"):
-                x = nn.relu(x)
+                x = x if fused else nn.relu(x)
             else:
                 x = pool2x2(x, self.pooling)
             if name in wanted:
