@@ -137,3 +137,32 @@ def test_bfloat16_activations_stay_within_one_percent(vgg, content_image, style_
         values[dtype] = float(stylejax.loss_fn(vgg, image, targets, cfg))
     assert values["bfloat16"] != values["float32"]  # it really ran in another precision
     np.testing.assert_allclose(values["bfloat16"], values["float32"], rtol=1e-2)
+
+
+def test_hand_written_vjps_equal_autodiff_of_the_plain_compositions():
+    """conv3x3_relu and the Gram's VJP against JAX's own differentiation of the unfused ops,
+    for every argument (the kernel and bias gradients too, for code that trains the net)."""
+    from stylejax import losses, vgg as vggmod
+
+    keys = jax.random.split(jax.random.key(3), 4)
+    x = jax.random.normal(keys[0], (2, 9, 7, 5))
+    kernel = jax.random.normal(keys[1], (3, 3, 5, 6)) * 0.3
+    bias = jax.random.normal(keys[2], (6,)) * 0.3
+    probe = jax.random.normal(keys[3], (2, 9, 7, 6))
+
+    def plain(x, k, b):
+        y = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.sum(jax.nn.relu(y + b) * probe)
+
+    fused = lambda x, k, b: jnp.sum(vggmod.conv3x3_relu(x, k, b) * probe)  # noqa: E731
+    np.testing.assert_allclose(fused(x, kernel, bias), plain(x, kernel, bias), rtol=1e-6)
+    for ours, ref in zip(jax.grad(fused, (0, 1, 2))(x, kernel, bias),
+                         jax.grad(plain, (0, 1, 2))(x, kernel, bias)):
+        np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+
+    f = x.reshape(2, 63, 5)
+    w = jax.random.normal(keys[3], (2, 5, 5))  # not symmetric: the VJP must symmetrise
+    ours = jax.grad(lambda f: jnp.sum(losses._gram_product(f) * w))(f)
+    ref = jax.grad(lambda f: jnp.sum(jnp.einsum("nmc,nmd->ncd", f, f) * w))(f)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
