@@ -190,27 +190,45 @@ def torch_lbfgs(np_params, content, style, iterations):
     return {"seconds": seconds, "loss": loss, "evaluations": evals[0]}
 
 
-def time_to_loss(vgg, content, style, target, kind, budget_s, iterations=10):
+def time_to_loss(vgg, content, style, target, kind, budget_s, iterations=10, coarse=0):
     """Runs our ``kind`` optimizer in epochs of ``iterations`` until the loss <= target.
 
-    ``seconds`` counts everything from the first call (targets, compilation, solving);
-    ``solve_s`` leaves out the one-off compilation.
+    ``coarse`` > 0 first runs that many iterations at half the size and starts the full size
+    from the result, upsampled (the CLI's ``--scales``, coarse to fine). ``seconds`` counts
+    everything from the first call (targets, compilation, both sizes); ``solve_s`` leaves out
+    the one-off compilations.
     """
     cfg = bench_config()
     scfg = SolverConfig(kind, iterations=iterations, lr=0.02 if kind == "adam" else 0.0)
-    start = time.perf_counter()
-    targets = stylejax.make_targets(vgg, content, style, cfg)
-    state = init_state(scfg, vgg, jnp.asarray(content[None]), targets, cfg)
-    epoch = run_epoch.lower(state, vgg, targets, cfg=cfg, scfg=scfg).compile()
-    compile_s = time.perf_counter() - start
+    start, compile_s, x0 = time.perf_counter(), 0.0, content
+    if coarse:
+        h, w = content.shape[0] // 2, content.shape[1] // 2
+        small = [imageio.resize(a, h, w) for a in (content, style)]
+        state, epoch, seconds = _compiled_epoch(vgg, *small, small[0], cfg, scfg)
+        compile_s += seconds
+        for _ in range(coarse // iterations):
+            state = epoch(state)
+        x0 = imageio.resize(np.asarray(state.image)[0], *content.shape[:2])
+    state, epoch, seconds = _compiled_epoch(vgg, content, style, x0, cfg, scfg)
+    compile_s += seconds
     loss, done = float(state.value), 0
     while loss > target and time.perf_counter() - start - compile_s < budget_s:
-        state = epoch(state, vgg, targets)
+        state = epoch(state)
         loss, done = float(state.value), done + iterations
     total = time.perf_counter() - start
-    return {"optimizer": kind, "seconds": total, "solve_s": total - compile_s,
+    name = f"{kind}, {coarse} at half size first" if coarse else kind
+    return {"optimizer": name, "seconds": total, "solve_s": total - compile_s,
             "compile_s": compile_s, "reached": loss <= target, "loss": loss,
-            "iterations": done}
+            "iterations": done, "coarse_iterations": coarse}
+
+
+def _compiled_epoch(vgg, content, style, x0, cfg, scfg):
+    """(initial state, compiled epoch: state -> state, seconds for targets and compiling)."""
+    start = time.perf_counter()
+    targets = stylejax.make_targets(vgg, content, style, cfg)
+    state = init_state(scfg, vgg, jnp.asarray(x0[None]), targets, cfg)
+    compiled = run_epoch.lower(state, vgg, targets, cfg=cfg, scfg=scfg).compile()
+    return state, (lambda st: compiled(st, vgg, targets)), time.perf_counter() - start
 
 
 def peak_memory(side, size):
@@ -229,6 +247,9 @@ def main():
     p.add_argument("--converge-size", type=int, default=256)
     p.add_argument("--converge-iters", type=int, default=200)
     p.add_argument("--optimizers", default="lbfgs,optax-lbfgs,adam")
+    p.add_argument("--coarse-iters", type=int, default=100,
+                   help="also time the default optimizer after this many iterations at half "
+                        "the size (coarse to fine, as --scales does); 0 leaves it out")
     p.add_argument("--batches", help="batch sizes of the 256 px throughput line (default "
                                      "1,4,8; 1,4 on CPU, where a batch of 8 takes hours)")
     p.add_argument("--skip", default="", help="comma-separated sections to skip: "
@@ -282,12 +303,15 @@ def main():
         print(f"\ntime to torch L-BFGS's {args.converge_iters}-iteration loss at "
               f"{args.converge_size} px: torch {ref['seconds']:.1f} s to {ref['loss']:.6g} "
               f"({ref['evaluations']} evaluations)", flush=True)
-        for kind in args.optimizers.split(","):
-            r = time_to_loss(vgg, content, style, ref["loss"], kind, 3 * ref["seconds"])
+        runs = [(kind, 0) for kind in args.optimizers.split(",")]
+        runs += [("lbfgs", args.coarse_iters)] if args.coarse_iters else []
+        for kind, coarse in runs:
+            r = time_to_loss(vgg, content, style, ref["loss"], kind, 3 * ref["seconds"],
+                             coarse=coarse)
             r["ratio"] = r["seconds"] / ref["seconds"]
             report["converge"]["ours"].append(r)
             status = "reached" if r["reached"] else "NOT reached"
-            print(f"  {kind:12s} {r['seconds']:6.1f} s ({r['ratio']:.2f}x; without the "
+            print(f"  {r['optimizer']:12s} {r['seconds']:6.1f} s ({r['ratio']:.2f}x; without the "
                   f"{r['compile_s']:.1f} s compile {r['solve_s']:.1f} s, "
                   f"{r['solve_s'] / ref['seconds']:.2f}x), {status} after {r['iterations']} "
                   f"iterations, loss {r['loss']:.6g}", flush=True)

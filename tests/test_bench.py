@@ -37,3 +37,15 @@ def test_benchmark_torch_loss_equals_ours(vgg, vgg_params):
     np.testing.assert_allclose(float(value), tvalue.item(), rtol=1e-4)
     tgrad = xt.grad.numpy().transpose(0, 2, 3, 1)
     assert np.linalg.norm(np.asarray(grad) - tgrad) / np.linalg.norm(tgrad) < 1e-3
+
+
+def test_time_to_loss_with_a_coarse_start_runs_both_sizes(vgg):
+    """The coarse-to-fine row: iterations at half size, then the full size from that image."""
+    content, style = bench.bench_images(32)
+    kwargs = dict(target=-np.inf, kind="lbfgs", budget_s=0.0, iterations=2)
+    plain = bench.time_to_loss(vgg, content, style, **kwargs)
+    coarse = bench.time_to_loss(vgg, content, style, coarse=4, **kwargs)
+    assert coarse["coarse_iterations"] == 4 and "half size" in coarse["optimizer"]
+    assert not coarse["reached"] and coarse["compile_s"] > 0
+    # The full size starts from the coarse result, not from the content: another loss.
+    assert np.isfinite(coarse["loss"]) and coarse["loss"] != plain["loss"]
