@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark: stylejax against a PyTorch implementation of the same loss, in one process.
 
-    python scripts/bench.py [--sizes 256,512] [--converge-size 256] [--json bench.json]
+    python scripts/bench.py [--sizes 256,512] [--converge-size 224] [--json bench.json]
 
 Prints a table (and writes JSON with --json) of: value+grad time at each size against
 PyTorch (same formulas, same random weights, float32, same thread count, interleaved,
@@ -11,7 +11,9 @@ optimizers to reach the loss torch.optim.LBFGS reaches in 200 iterations; and pe
 (RSS on CPU, device statistics on GPU) of each side, each measured in a fresh subprocess.
 Weights are random (He-initialised): timings do not depend on their values. torch is a
 benchmark-only dependency. Images: tubingen.jpg and starry_night.jpg from
-$STYLEJAX_BENCH_IMAGES or ../shared/images, else synthetic. About 8 minutes on a 2-core CPU.
+$STYLEJAX_BENCH_IMAGES or ../shared/images, else synthetic. About 9 minutes on a 2-core CPU
+(the time-to-loss race is run at 224 px so that everything fits in 10 minutes there;
+`--converge-size 256` adds about 2 minutes).
 """
 
 from __future__ import annotations
@@ -244,14 +246,15 @@ def main():
     p.add_argument("--repeats", type=int, default=4)
     p.add_argument("--precision", default="float32",
                    help="comma-separated VGG precisions for the race: float32,bfloat16")
-    p.add_argument("--converge-size", type=int, default=256)
+    p.add_argument("--converge-size", type=int, default=224)
     p.add_argument("--converge-iters", type=int, default=200)
     p.add_argument("--optimizers", default="lbfgs,optax-lbfgs,adam")
     p.add_argument("--coarse-iters", type=int, default=100,
                    help="also time the default optimizer after this many iterations at half "
                         "the size (coarse to fine, as --scales does); 0 leaves it out")
     p.add_argument("--batches", help="batch sizes of the 256 px throughput line (default "
-                                     "1,4,8; 1,4 on CPU, where a batch of 8 takes hours)")
+                                     "1,4,8; on CPU the line runs only when this is given, "
+                                     "e.g. 1,4: a batch of 8 takes hours there)")
     p.add_argument("--skip", default="", help="comma-separated sections to skip: "
                                               "race,peak,epoch,converge,throughput,memory")
     p.add_argument("--json")
@@ -290,7 +293,7 @@ def main():
                   f"{100 * r['fraction_of_peak']:.0f}% of that peak")
     if "epoch" not in skip:
         size = max(sizes)
-        r = epoch_timing(vgg, size, 10)
+        r = epoch_timing(vgg, size, 5)
         report["epoch"] = r
         print(f"\nL-BFGS epoch at {size} px: compile {r['compile_s']:.1f} s, steady "
               f"{r['per_iteration_s'] * 1e3:.0f} ms/iteration; compile is "
@@ -315,11 +318,10 @@ def main():
                   f"{r['compile_s']:.1f} s compile {r['solve_s']:.1f} s, "
                   f"{r['solve_s'] / ref['seconds']:.2f}x), {status} after {r['iterations']} "
                   f"iterations, loss {r['loss']:.6g}", flush=True)
-    if "throughput" not in skip:
+    if "throughput" not in skip and (args.batches or jax.default_backend() != "cpu"):
         from bench_throughput import throughput_line
 
-        batches = [int(b) for b in (args.batches or (
-            "1,4" if jax.default_backend() == "cpu" else "1,4,8")).split(",")]
+        batches = [int(b) for b in (args.batches or "1,4,8").split(",")]
         line, rows = throughput_line(vgg, 256, batches, iterations=3)
         report["throughput"] = rows
         print(f"\n{line}", flush=True)
