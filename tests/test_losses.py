@@ -166,3 +166,19 @@ def test_hand_written_vjps_equal_autodiff_of_the_plain_compositions():
     ours = jax.grad(lambda f: jnp.sum(losses._gram_product(f) * w))(f)
     ref = jax.grad(lambda f: jnp.sum(jnp.einsum("nmc,nmd->ncd", f, f) * w))(f)
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_max_pool_gradient_matches_torch_including_ties_and_odd_sizes():
+    """Ties (flat image regions give them) send the gradient to the first maximum of the
+    window, as torch.nn.functional.max_pool2d does; an odd last row/column gets none."""
+    from stylejax.vgg import max_pool2x2
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 3, (2, 7, 9, 4)).astype(np.float32)  # few levels: many ties
+    g = rng.normal(size=(2, 3, 4, 4)).astype(np.float32)
+    ours = jax.grad(lambda x: jnp.sum(max_pool2x2(x) * g))(jnp.asarray(x))
+    xt = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_(True)
+    y = torch.nn.functional.max_pool2d(xt, 2)
+    (y * torch.tensor(g).permute(0, 3, 1, 2)).sum().backward()
+    np.testing.assert_allclose(max_pool2x2(jnp.asarray(x)), y.detach().permute(0, 2, 3, 1))
+    np.testing.assert_array_equal(ours, xt.grad.permute(0, 2, 3, 1).numpy())
