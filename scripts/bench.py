@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark: stylejax against a PyTorch implementation of the same loss, in one process.
 
-    python scripts/bench.py [--sizes 256,512] [--converge-size 224] [--json bench.json]
+    python scripts/bench.py [--sizes 256,512] [--converge-size 192] [--json bench.json]
 
 Prints a table (and writes JSON with --json) of: value+grad time at each size against
 PyTorch (same formulas, same random weights, float32, same thread count, interleaved,
@@ -11,9 +11,9 @@ optimizers to reach the loss torch.optim.LBFGS reaches in 200 iterations; and pe
 (RSS on CPU, device statistics on GPU) of each side, each measured in a fresh subprocess.
 Weights are random (He-initialised): timings do not depend on their values. torch is a
 benchmark-only dependency. Images: tubingen.jpg and starry_night.jpg from
-$STYLEJAX_BENCH_IMAGES or ../shared/images, else synthetic. About 9 minutes on a 2-core CPU
-(the time-to-loss race is run at 224 px so that everything fits in 10 minutes there;
-`--converge-size 256` adds about 2 minutes).
+$STYLEJAX_BENCH_IMAGES or ../shared/images, else synthetic. About 8 minutes on a 2-core CPU
+(the time-to-loss race is run at 192 px so that everything fits in 10 minutes there;
+`--converge-size 256` adds about 4 minutes).
 """
 
 from __future__ import annotations
@@ -246,7 +246,7 @@ def main():
     p.add_argument("--repeats", type=int, default=4)
     p.add_argument("--precision", default="float32",
                    help="comma-separated VGG precisions for the race: float32,bfloat16")
-    p.add_argument("--converge-size", type=int, default=224)
+    p.add_argument("--converge-size", type=int, default=192)
     p.add_argument("--converge-iters", type=int, default=200)
     p.add_argument("--optimizers", default="lbfgs,optax-lbfgs,adam")
     p.add_argument("--coarse-iters", type=int, default=100,
@@ -309,7 +309,7 @@ def main():
         runs = [(kind, 0) for kind in args.optimizers.split(",")]
         runs += [("lbfgs", args.coarse_iters)] if args.coarse_iters else []
         for kind, coarse in runs:
-            r = time_to_loss(vgg, content, style, ref["loss"], kind, 3 * ref["seconds"],
+            r = time_to_loss(vgg, content, style, ref["loss"], kind, 2 * ref["seconds"],
                              coarse=coarse)
             r["ratio"] = r["seconds"] / ref["seconds"]
             report["converge"]["ours"].append(r)

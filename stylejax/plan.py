@@ -7,10 +7,10 @@ The model (bytes; E = 4 for float32 activations, 2 for bfloat16; image = H*W*3*4
 
 - ``params``: the VGG-19 convolutions up to the deepest layer, float32 (plus an E-byte cast
   of each when E != 4).
-- ``activations``: what the backward pass keeps, per layer up to the deepest: each
-  convolution's output and its ReLU's output (2 * h*w*C * E), each pooling's output
-  (h*w*C * E), plus the gradient being propagated (2 buffers the size of the largest layer,
-  float32).
+- ``activations``: what the backward pass keeps, per layer up to the deepest: each ReLU's
+  output (h*w*C * E; a convolution's own output only where the loss reads it, as the others
+  are fused with their ReLU), each pooling's output (h*w*C * E), plus the gradient being
+  propagated (2 buffers the size of the largest layer, float32).
 - ``targets``: content features (h*w*C * 4 per content layer) and Gram matrices (two C*C*4 per
   style layer: the target and the current image's).
 - ``solver``: L-BFGS keeps 2 * history image-sized vectors (s and y); its state and zoom line
@@ -39,7 +39,7 @@ from stylejax.solvers import SolverConfig
 from stylejax.vgg import LAYERS
 from stylejax.weights import CONV_SPECS
 
-RUNTIME_OVERHEAD = {"lbfgs": 300 * 2**20, "optax-lbfgs": 300 * 2**20, "adam": 190 * 2**20}
+RUNTIME_OVERHEAD = {"lbfgs": 300 * 2**20, "optax-lbfgs": 300 * 2**20, "adam": 265 * 2**20}
 """Fixed bytes for XLA's compiler and runtime per solver kind (measured, see the docstring;
 optax-lbfgs is assumed equal to lbfgs, not measured)."""
 LINE_SEARCH_IMAGES = 12
@@ -83,9 +83,11 @@ def predict(cfg: LossConfig, scfg: SolverConfig, height: int, width: int,
     convs = [(n, ci, co) for n, ci, co in CONV_SPECS if n in {s[0] for s in shapes}]
     params = sum((9 * ci * co + co) * (4 + (e if e != 4 else 0)) for _, ci, co in convs)
     acts, largest = 0, 0
-    for name, h, w, c in shapes:  # conv, relu and pool outputs alike
-        acts += h * w * c * e
+    for name, h, w, c in shapes:
         largest = max(largest, h * w * c)
+        if name.startswith("conv") and name not in cfg.layers:
+            continue  # fused with its ReLU (vgg.conv3x3_relu): one buffer for both
+        acts += h * w * c * e
     acts += 2 * largest * 4
     by_name = {s[0]: s for s in shapes}
     targets = sum(by_name[n][1] * by_name[n][2] * by_name[n][3] * 4 for n in cfg.content_layers)

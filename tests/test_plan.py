@@ -33,7 +33,8 @@ def test_components_follow_the_shapes():
     assert adam["solver"] == plan.ADAM_IMAGES * image
     bf16 = plan.predict(stylejax.preset_config("johnson", dtype="bfloat16"),
                         SolverConfig("lbfgs"), 256, 256, platform="gpu")
-    assert bf16["activations"] < 0.6 * b["activations"]
+    grads = 2 * 256 * 256 * 64 * 4  # the float32 gradient buffers do not shrink
+    assert bf16["activations"] - grads == (b["activations"] - grads) / 2
 
 
 def test_tiles_bound_the_device_memory():
@@ -43,7 +44,7 @@ def test_tiles_bound_the_device_memory():
     whole = plan.predict(CFG, scfg, 2048, 2048, platform="cpu")
     assert t1["activations"] == t2["activations"] and t1["solver"] == t2["solver"]
     assert t2["host tiling buffers"] == 4 * t1["host tiling buffers"]
-    assert t1["total"] < whole["total"] / 5
+    assert t1["total"] < whole["total"] / 4  # the one-off style pass bounds it from below
 
 
 def test_refuses_with_the_figures_and_what_to_change():
