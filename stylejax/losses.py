@@ -111,19 +111,15 @@ def _as_batch(image):
     return image[None] if image.ndim == 3 else image
 
 
-def _product(f, g):
-    return jnp.einsum("nmc,nmd->ncd", f, g, precision=jax.lax.Precision.HIGHEST,
-                      preferred_element_type=jnp.float32)
-
-
 @jax.custom_vjp
 def _gram_product(f):
     """FᵀF of [N, M, C] features -> [N, C, C] float32."""
-    return _product(f, f)
+    return jnp.einsum("nmc,nmd->ncd", f, f, precision=jax.lax.Precision.HIGHEST,
+                      preferred_element_type=jnp.float32)
 
 
 def _gram_product_fwd(f):
-    return _product(f, f), f
+    return _gram_product(f), f
 
 
 def _gram_product_bwd(f, dg):
