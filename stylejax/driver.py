@@ -370,6 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("f32", "bf16", "float32", "bfloat16"), default="f32",
                    help="VGG activations: f32, or bf16 for GPU/TPU (Grams, loss, image and "
                         "L-BFGS memory stay float32)")
+    p.add_argument("--conv", choices=("direct", "winograd"), default="direct",
+                   help="convolution algorithm: direct, or winograd (F(4x4,3x3) on the "
+                        "layers with >= 128 channels: about 1.5x faster on CPU, about 1.5x "
+                        "the memory at 512 px; float32 only)")
     p.add_argument("--max-pixels", type=int, default=imageio.DEFAULT_MAX_PIXELS,
                    help="refuse input images with more pixels than this")
     # Many images and several devices: see stylejax/batch.py and stylejax/devices.py.
@@ -451,7 +455,7 @@ def run_config(args) -> RunConfig:
         overrides["style_layer_weights"] = (1.0,) * len(args.style_layers) \
             if args.preset == "johnson" else None
     dtype = {"f32": "float32", "bf16": "bfloat16"}.get(args.precision, args.precision)
-    loss = preset_config(args.preset, dtype=dtype, **overrides)
+    loss = preset_config(args.preset, dtype=dtype, conv=args.conv, **overrides)
     pick = lambda flag, key: preset[key] if flag is None else flag  # noqa: E731
     rc = RunConfig(
         loss=loss, size=pick(args.size, "size"),

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from stylejax.errors import StylejaxError
-from stylejax.vgg import LAYERS, check_layers, extract_features
+from stylejax.vgg import CONVS, LAYERS, check_layers, extract_features
 from stylejax.weights import Vgg19
 
 NORMALIZATIONS = ("gatys", "johnson", "seed")
@@ -49,7 +49,8 @@ class LossConfig:
 
     Layer weights: ``None`` means 1 for each content layer and 1/len for each style layer.
     ``dtype`` is the VGG activation dtype ("float32" or "bfloat16"); Grams and the loss are
-    always float32.
+    always float32. ``conv`` is the convolution algorithm: "direct" or "winograd" (faster on
+    CPU, more memory; `stylejax.winograd`).
     """
 
     content_layers: tuple[str, ...] = ("relu4_2",)
@@ -62,6 +63,7 @@ class LossConfig:
     normalization: str = "johnson"
     pooling: str = "max"
     dtype: str = "float32"
+    conv: str = "direct"
 
     def __post_init__(self):
         # Normalise lists to tuples so equal configs hash equally, then validate.
@@ -83,6 +85,8 @@ class LossConfig:
             raise StylejaxError(f"Unknown pooling {self.pooling!r}: use max or avg.")
         if self.dtype not in ("float32", "bfloat16"):
             raise StylejaxError(f"Unknown precision {self.dtype!r}: use float32 or bfloat16.")
+        if self.conv not in CONVS:
+            raise StylejaxError(f"Unknown convolution {self.conv!r}: use {' or '.join(CONVS)}.")
         for name in ("content_weight", "style_weight", "tv_weight"):
             if not getattr(self, name) >= 0:
                 raise StylejaxError(f"{name} must be a number >= 0, got {getattr(self, name)}.")
@@ -103,7 +107,8 @@ class LossConfig:
 
 
 def _features(vgg, images, layers, cfg):
-    return extract_features(vgg, images, layers, cfg.pooling, dtype=jnp.dtype(cfg.dtype))
+    return extract_features(vgg, images, layers, cfg.pooling, dtype=jnp.dtype(cfg.dtype),
+                            conv=cfg.conv)
 
 
 def _as_batch(image):

@@ -1,0 +1,95 @@
+"""Winograd F(4x4, 3x3) convolutions against XLA's direct convolution, and the loss computed
+with them against the float64 PyTorch reference."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import stylejax
+from stylejax import vgg as vggmod, winograd
+from stylejax.losses import LossConfig
+from conftest import smooth_image
+from torch_reference import TorchLoss, nhwc_to_torch, torch_layers
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _direct(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=DN)
+
+
+def _rel(a, b):
+    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+
+
+@pytest.mark.parametrize("shape", [(2, 13, 10, 8), (1, 7, 9, 4), (1, 16, 16, 8), (1, 1, 5, 3)])
+def test_convolution_and_input_gradient_equal_xla_direct(shape):
+    """Odd sizes (not whole tiles), batches, a single row: values and input gradients."""
+    keys = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(keys[0], shape)
+    kernel = jax.random.normal(keys[1], (3, 3, shape[-1], 6)) / np.sqrt(9 * shape[-1])
+    g = jax.random.normal(keys[2], shape[:-1] + (6,))
+    u = winograd.transform_kernel(kernel)
+    y, vjp = jax.vjp(lambda x: _direct(x, kernel), x)
+    assert _rel(winograd.conv3x3(x, u), y) < 1e-5
+    assert _rel(winograd.conv3x3_input_grad(g, u), vjp(g)[0]) < 1e-5
+
+
+def test_fused_winograd_layer_equals_autodiff_of_the_plain_composition():
+    keys = jax.random.split(jax.random.key(1), 4)
+    x = jax.random.normal(keys[0], (2, 11, 9, 5))
+    kernel = jax.random.normal(keys[1], (3, 3, 5, 6)) * 0.3
+    bias = jax.random.normal(keys[2], (6,)) * 0.3
+    probe = jax.random.normal(keys[3], (2, 11, 9, 6))
+    plain = lambda x, k, b: jnp.sum(jax.nn.relu(_direct(x, k) + b) * probe)  # noqa: E731
+    ours = lambda x, k, b: jnp.sum(vggmod.conv3x3_relu_winograd(x, k, b) * probe)  # noqa: E731
+    np.testing.assert_allclose(ours(x, kernel, bias), plain(x, kernel, bias), atol=1e-4)
+    for a, b in zip(jax.grad(ours, (0, 1, 2))(x, kernel, bias),
+                    jax.grad(plain, (0, 1, 2))(x, kernel, bias)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_which_layers_use_winograd():
+    x, k = (1, 32, 32, 128), (3, 3, 128, 256)
+    assert vggmod.uses_winograd("winograd", x, k, jnp.float32)
+    assert not vggmod.uses_winograd("direct", x, k, jnp.float32)
+    assert not vggmod.uses_winograd("winograd", x, k, jnp.bfloat16)
+    assert not vggmod.uses_winograd("winograd", x, (3, 3, 64, 128), jnp.float32)
+    assert not vggmod.uses_winograd("winograd", (1, 16, 16, 128), k, jnp.float32)
+    with pytest.raises(stylejax.StylejaxError, match="direct or winograd"):
+        LossConfig(conv="fft")
+
+
+def test_loss_with_winograd_matches_torch_float64(vgg, vgg_params):
+    """At 128 px conv2_2..conv3_4 (>= 32x32, >= 128 channels) run as Winograd."""
+    assert vggmod.uses_winograd("winograd", (1, 64, 64, 128), (3, 3, 128, 128), jnp.float32)
+    content, style = smooth_image(128, 128, seed=4), smooth_image(128, 128, seed=5)
+    image = np.clip(content + np.random.default_rng(6).normal(0, 0.1, content.shape), 0, 1)
+    image = image.astype(np.float32)
+    cfg = stylejax.preset_config("johnson", conv="winograd")
+    targets = stylejax.make_targets(vgg, content, style, cfg)
+    value, grad = jax.value_and_grad(stylejax.loss_fn, argnums=1)(
+        vgg, jnp.asarray(image[None]), targets, cfg)
+    layers = torch_layers(vgg_params, torch.float64)
+    loss = TorchLoss(layers, nhwc_to_torch(content[None], torch.float64),
+                     nhwc_to_torch(style[None], torch.float64), cfg)
+    x = nhwc_to_torch(image[None], torch.float64).requires_grad_(True)
+    ref = loss(x)
+    ref.backward()
+    ref_grad = x.grad.numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(float(value), ref.item(), rtol=1e-4)
+    rel = np.linalg.norm(np.asarray(grad) - ref_grad) / np.linalg.norm(ref_grad)
+    assert rel < 1e-3, rel
+
+
+def test_cli_flag_reaches_the_loss_config():
+    from stylejax import driver
+
+    args = driver.build_parser().parse_args(["c.png", "s.png", "--conv", "winograd"])
+    assert driver.run_config(args).loss.conv == "winograd"
+    args = driver.build_parser().parse_args(["c.png", "s.png"])
+    assert driver.run_config(args).loss.conv == "direct"
