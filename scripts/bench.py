@@ -45,9 +45,9 @@ from stylejax.weights import CAFFE, CONV_SPECS, Vgg19  # noqa: E402
 SHARED = Path(os.environ.get("STYLEJAX_BENCH_IMAGES", ROOT.parent / "shared" / "images"))
 
 
-def bench_config(dtype="float32"):
+def bench_config(dtype="float32", conv="direct"):
     """johnson preset: style relu1_1..relu5_1, content relu4_2, TV on."""
-    return stylejax.preset_config("johnson", dtype=dtype)
+    return stylejax.preset_config("johnson", dtype=dtype, conv=conv)
 
 
 def make_vgg(seed=0):
@@ -119,10 +119,11 @@ def torch_setup(np_params, content, style, cfg, dtype_name="float32"):
     return torch, loss, x0, sync
 
 
-def value_and_grad_race(vgg, np_params, size, repeats, dtype="float32"):
+def value_and_grad_race(vgg, np_params, size, repeats, dtype="float32", conv="direct"):
     """Best-of-N value+grad time of both implementations, interleaved. ``dtype`` is our VGG
-    activation precision; the PyTorch side stays float32."""
-    cfg = bench_config(dtype)
+    activation precision, ``conv`` our convolution algorithm; the PyTorch side stays float32
+    (its default convolutions)."""
+    cfg = bench_config(dtype, conv)
     content, style = bench_images(size)
     targets = stylejax.make_targets(vgg, content, style, cfg)
     vg = jax.jit(jax.value_and_grad(stylejax.loss_fn, argnums=1), static_argnames="cfg")
@@ -142,7 +143,7 @@ def value_and_grad_race(vgg, np_params, size, repeats, dtype="float32"):
         ours = min(ours, best_time(lambda: jax.block_until_ready(vg(vgg, x, targets, cfg=cfg)), 1))
         theirs = min(theirs, best_time(torch_step, 1))
     flops = conv_flops(size, size, cfg.layers)
-    return {"size": size, "precision": dtype, "stylejax_s": ours, "torch_s": theirs, "ratio": ours / theirs,
+    return {"size": size, "precision": dtype, "conv": conv, "stylejax_s": ours, "torch_s": theirs, "ratio": ours / theirs,
             "conv_gflop": flops / 1e9, "stylejax_gflops": flops / ours / 1e9,
             "torch_gflops": flops / theirs / 1e9}
 
@@ -192,15 +193,16 @@ def torch_lbfgs(np_params, content, style, iterations):
     return {"seconds": seconds, "loss": loss, "evaluations": evals[0]}
 
 
-def time_to_loss(vgg, content, style, target, kind, budget_s, iterations=10, coarse=0):
+def time_to_loss(vgg, content, style, target, kind, budget_s, iterations=10, coarse=0,
+                 conv="direct"):
     """Runs our ``kind`` optimizer in epochs of ``iterations`` until the loss <= target.
 
     ``coarse`` > 0 first runs that many iterations at half the size and starts the full size
     from the result, upsampled (the CLI's ``--scales``, coarse to fine). ``seconds`` counts
     everything from the first call (targets, compilation, both sizes); ``solve_s`` leaves out
-    the one-off compilations.
+    the one-off compilations. ``conv``: our convolution algorithm.
     """
-    cfg = bench_config()
+    cfg = bench_config(conv=conv)
     scfg = SolverConfig(kind, iterations=iterations, lr=0.02 if kind == "adam" else 0.0)
     start, compile_s, x0 = time.perf_counter(), 0.0, content
     if coarse:
@@ -219,7 +221,8 @@ def time_to_loss(vgg, content, style, target, kind, budget_s, iterations=10, coa
         loss, done = float(state.value), done + iterations
     total = time.perf_counter() - start
     name = f"{kind}, {coarse} at half size first" if coarse else kind
-    return {"optimizer": name, "seconds": total, "solve_s": total - compile_s,
+    name += ", winograd" if conv == "winograd" else ""
+    return {"optimizer": name, "conv": conv, "seconds": total, "solve_s": total - compile_s,
             "compile_s": compile_s, "reached": loss <= target, "loss": loss,
             "iterations": done, "coarse_iterations": coarse}
 
@@ -233,10 +236,10 @@ def _compiled_epoch(vgg, content, style, x0, cfg, scfg):
     return state, (lambda st: compiled(st, vgg, targets)), time.perf_counter() - start
 
 
-def peak_memory(side, size):
+def peak_memory(side, size, conv="direct"):
     """Peak memory of a value+grad at ``size`` in a fresh process ("jax" or "torch")."""
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_memory.py"), side,
-                          str(size)], capture_output=True, text=True, check=True)
+                          str(size), conv], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -246,9 +249,12 @@ def main():
     p.add_argument("--repeats", type=int, default=4)
     p.add_argument("--precision", default="float32",
                    help="comma-separated VGG precisions for the race: float32,bfloat16")
+    p.add_argument("--convs", default="direct,winograd",
+                   help="our convolution algorithms to race (float32 only for winograd)")
     p.add_argument("--converge-size", type=int, default=192)
     p.add_argument("--converge-iters", type=int, default=200)
-    p.add_argument("--optimizers", default="lbfgs,optax-lbfgs,adam")
+    p.add_argument("--optimizers", default="lbfgs,adam",
+                   help="comma-separated: lbfgs,optax-lbfgs,adam (optax-lbfgs adds ~100 s)")
     p.add_argument("--coarse-iters", type=int, default=100,
                    help="also time the default optimizer after this many iterations at half "
                         "the size (coarse to fine, as --scales does); 0 leaves it out")
@@ -260,6 +266,7 @@ def main():
     p.add_argument("--json")
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    convs = args.convs.split(",")
     import torch
 
     torch.set_num_threads(os.cpu_count() if jax.default_backend() == "cpu" else 1)
@@ -276,20 +283,23 @@ def main():
         report["value_and_grad"] = []
         print("\nvalue+grad (johnson, relu1_1..relu5_1 + relu4_2, TV), best of "
               f"{args.repeats}, interleaved (torch in float32):\n"
-              "  size precision   stylejax      torch   ratio   GFLOP/s ours/torch")
-        for size, dtype in itertools.product(sizes, args.precision.split(",")):
-            r = value_and_grad_race(vgg, np_params, size, args.repeats, dtype)
+              "  size precision conv        stylejax      torch   ratio   GFLOP/s ours/torch")
+        for size, dtype, conv in itertools.product(sizes, args.precision.split(","), convs):
+            if conv == "winograd" and dtype != "float32":
+                continue  # Winograd runs in float32 only
+            r = value_and_grad_race(vgg, np_params, size, args.repeats, dtype, conv)
             report["value_and_grad"].append(r)
-            print(f"  {size:4d} {dtype:9s} {r['stylejax_s'] * 1e3:8.1f} ms "
+            print(f"  {size:4d} {dtype:9s} {conv:9s} {r['stylejax_s'] * 1e3:8.1f} ms "
                   f"{r['torch_s'] * 1e3:8.1f} ms  {r['ratio']:5.2f}x  "
                   f"{r['stylejax_gflops']:6.1f} / {r['torch_gflops']:.1f}", flush=True)
     if "peak" not in skip:
         peak = matmul_peak()
         report["matmul_peak_gflops"] = peak / 1e9
-        print(f"\nXLA f32 matmul peak (4096^3): {peak / 1e9:.1f} GFLOP/s", flush=True)
+        print(f"\nXLA f32 matmul peak (4096^3): {peak / 1e9:.1f} GFLOP/s (Winograd rows count "
+              "the direct convolution's FLOPs: over 100% means fewer FLOPs done)", flush=True)
         for r in report.get("value_and_grad", []):
             r["fraction_of_peak"] = r["stylejax_gflops"] * 1e9 / peak
-            print(f"  step at {r['size']} px ({r['precision']}): "
+            print(f"  step at {r['size']} px ({r['precision']}, {r['conv']}): "
                   f"{100 * r['fraction_of_peak']:.0f}% of that peak")
     if "epoch" not in skip:
         size = max(sizes)
@@ -306,15 +316,16 @@ def main():
         print(f"\ntime to torch L-BFGS's {args.converge_iters}-iteration loss at "
               f"{args.converge_size} px: torch {ref['seconds']:.1f} s to {ref['loss']:.6g} "
               f"({ref['evaluations']} evaluations)", flush=True)
-        runs = [(kind, 0) for kind in args.optimizers.split(",")]
-        runs += [("lbfgs", args.coarse_iters)] if args.coarse_iters else []
-        for kind, coarse in runs:
+        runs = [(kind, 0, "direct") for kind in args.optimizers.split(",")]
+        runs += [("lbfgs", 0, "winograd")] if "winograd" in convs else []
+        runs += [("lbfgs", args.coarse_iters, "direct")] if args.coarse_iters else []
+        for kind, coarse, conv in runs:
             r = time_to_loss(vgg, content, style, ref["loss"], kind, 2 * ref["seconds"],
-                             coarse=coarse)
+                             coarse=coarse, conv=conv)
             r["ratio"] = r["seconds"] / ref["seconds"]
             report["converge"]["ours"].append(r)
             status = "reached" if r["reached"] else "NOT reached"
-            print(f"  {r['optimizer']:12s} {r['seconds']:6.1f} s ({r['ratio']:.2f}x; without the "
+            print(f"  {r['optimizer']:22s} {r['seconds']:6.1f} s ({r['ratio']:.2f}x; without the "
                   f"{r['compile_s']:.1f} s compile {r['solve_s']:.1f} s, "
                   f"{r['solve_s'] / ref['seconds']:.2f}x), {status} after {r['iterations']} "
                   f"iterations, loss {r['loss']:.6g}", flush=True)
@@ -327,11 +338,13 @@ def main():
         print(f"\n{line}", flush=True)
     if "memory" not in skip:
         size = max(sizes)
-        report["memory"] = [peak_memory(side, size) for side in ("jax", "torch")]
+        report["memory"] = [peak_memory("jax", size, conv) for conv in convs]
+        report["memory"].append(peak_memory("torch", size))
         print(f"\npeak memory, value+grad at {size} px, each in a fresh process:")
         for m in report["memory"]:
             dev = f", device {m['device_peak_mb']:.0f} MB" if m["device_peak_mb"] else ""
-            print(f"  {m['side']:6s} RSS {m['peak_rss_mb']:.0f} MB{dev}")
+            side = f"{m['side']} ({m['conv']})" if m["side"] == "jax" else m["side"]
+            print(f"  {side:16s} RSS {m['peak_rss_mb']:.0f} MB{dev}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
 

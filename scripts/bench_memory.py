@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Peak memory of one value+grad of the johnson loss, in this fresh process.
 
-    python scripts/bench_memory.py jax|torch SIZE   ->  one JSON line
+    python scripts/bench_memory.py jax|torch SIZE [direct|winograd]   ->  one JSON line
 
 Each side imports only its own framework, so neither pays for the other's libraries.
 Used by scripts/bench.py; the images are synthetic (memory does not depend on them).
@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from fixtures import random_vgg_params  # noqa: E402
 
 
-def main(side, size):
+def main(side, size, conv="direct"):
     rng = np.random.default_rng(0)
     content, style = (rng.random((1, size, size, 3), dtype=np.float32) for _ in range(2))
     params = random_vgg_params(0)
@@ -35,7 +35,7 @@ def main(side, size):
         # shares them through from_numpy instead).
         vgg = Vgg19(params=jax.tree.map(jnp.asarray, params), preprocess=CAFFE)
         del params
-        cfg = stylejax.preset_config("johnson")
+        cfg = stylejax.preset_config("johnson", conv=conv)
         targets = stylejax.make_targets(vgg, content, style, cfg)
         vg = jax.jit(jax.value_and_grad(stylejax.loss_fn, argnums=1), static_argnames="cfg")
         for _ in range(2):
@@ -63,7 +63,8 @@ def main(side, size):
             x.grad = None
             loss(x).backward()
         device = torch.cuda.max_memory_allocated() if dev == "cuda" else None
-    print(json.dumps({"side": side, "size": size, "device_peak_mb": device and device / 2**20,
+    print(json.dumps({"side": side, "size": size, "conv": conv if side == "jax" else None,
+                      "device_peak_mb": device and device / 2**20,
                       "peak_rss_mb": peak_rss_mb()}))
 
 
@@ -80,4 +81,4 @@ def peak_rss_mb() -> float:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), *sys.argv[3:4])
