@@ -372,8 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "L-BFGS memory stay float32)")
     p.add_argument("--conv", choices=("direct", "winograd"), default="direct",
                    help="convolution algorithm: direct, or winograd (F(4x4,3x3) on the "
-                        "layers with >= 128 channels: about 1.5x faster on CPU, about 1.5x "
-                        "the memory at 512 px; float32 only)")
+                        "layers with >= 128 channels: about 1.5x faster on CPU, about 1.3x "
+                        "the peak memory at 512 px; float32 only)")
     p.add_argument("--max-pixels", type=int, default=imageio.DEFAULT_MAX_PIXELS,
                    help="refuse input images with more pixels than this")
     # Many images and several devices: see stylejax/batch.py and stylejax/devices.py.

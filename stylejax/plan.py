@@ -17,6 +17,10 @@ The model (bytes; E = 4 for float32 activations, 2 for bfloat16; image = H*W*3*4
   search hold ``LINE_SEARCH_IMAGES`` more image-sized temporaries. Adam: ``ADAM_IMAGES``.
   On CPU, XLA cannot reuse the donated input state, so the epoch's input and output states
   both exist at the end of the call: the solver term counts twice there.
+- ``winograd`` (only with ``conv="winograd"``): each Winograd layer keeps its transformed
+  kernel (36 * Cin * Cout * 4) from the forward to the backward pass, and the largest one
+  holds two tile buffers at once (2 * 36 * tiles * max(Cin, Cout) * 4, tiles = ceil(h/4) *
+  ceil(w/4)); measured 512 px: +366 MB RSS, this term 356 MB.
 - ``runtime``: a fixed ``RUNTIME_OVERHEAD[kind]`` (XLA's compiler and runtime; measured on
   CPU as the peak RSS growth of a 256x256 run with L-BFGS history 5, resp. Adam, minus the
   terms above; the L-BFGS program, with its line search, is larger to compile).
@@ -36,7 +40,7 @@ from typing import Optional
 
 from stylejax.losses import LossConfig
 from stylejax.solvers import SolverConfig
-from stylejax.vgg import LAYERS
+from stylejax.vgg import LAYERS, uses_winograd
 from stylejax.weights import CONV_SPECS
 
 RUNTIME_OVERHEAD = {"lbfgs": 300 * 2**20, "optax-lbfgs": 300 * 2**20, "adam": 265 * 2**20}
@@ -51,6 +55,18 @@ ADAM_IMAGES = 6
 """Image-sized buffers of Adam: moments, update, gradient and temporaries."""
 
 _CHANNELS = {name: cout for name, _, cout in CONV_SPECS}
+_INPUTS = {name: cin for name, cin, _ in CONV_SPECS}
+
+
+def _winograd_bytes(cfg: LossConfig, shapes) -> int:
+    """The ``winograd`` term (see the module docstring); 0 for the direct convolution."""
+    kept, tiles = 0, 0
+    for name, h, w, cout in shapes:
+        cin = _INPUTS.get(name)
+        if cin and uses_winograd(cfg.conv, (1, h, w, cin), (3, 3, cin, cout), cfg.dtype):
+            kept += 36 * cin * cout * 4
+            tiles = max(tiles, 2 * 36 * -(-h // 4) * -(-w // 4) * max(cin, cout) * 4)
+    return kept + tiles
 
 
 def _layer_shapes(height: int, width: int, deepest: str):
@@ -72,7 +88,7 @@ def predict(cfg: LossConfig, scfg: SolverConfig, height: int, width: int,
     ``tile``: (th, tw) of a tiled run (the device holds one tile at a time); ``platform``:
     "cpu", "gpu" or "tpu" (None: jax's default backend). Returns
     ``{"params", "activations", "targets", "solver", "runtime", ["host tiling buffers"],
-    "total"}``.
+    ["winograd"], "total"}``.
     """
     full_h, full_w = height, width
     if tile is not None:
@@ -104,6 +120,8 @@ def predict(cfg: LossConfig, scfg: SolverConfig, height: int, width: int,
         solver *= 2  # no buffer donation on CPU: input and output states coexist
     table = {"params": params, "activations": acts, "targets": targets, "solver": solver,
              "runtime": RUNTIME_OVERHEAD[scfg.kind]}
+    if cfg.conv == "winograd":
+        table["winograd"] = _winograd_bytes(cfg, shapes)
     total = sum(table.values())
     if tile is not None and (height, width) != (full_h, full_w):
         table["host tiling buffers"] = 3 * full_h * full_w * 3 * 4 + full_h * full_w * 4

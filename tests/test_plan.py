@@ -73,11 +73,11 @@ def rss(field="VmRSS"):
         if line.startswith(field):
             return int(line.split()[1]) * 1024
 
-size, weights = int(sys.argv[1]), sys.argv[2]
+size, weights, conv = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 vgg = stylejax.load_vgg19(weights)
 jax.block_until_ready(vgg.params)
 base = rss()  # after imports and loading the weights (the params are already in here)
-cfg, scfg = stylejax.preset_config("johnson"), SolverConfig("lbfgs", iterations=2, history=100)
+cfg, scfg = stylejax.preset_config("johnson", conv=conv), SolverConfig("lbfgs", iterations=2, history=100)
 rng = np.random.default_rng(0)
 content, style = rng.uniform(0, 1, (2, size, size, 3)).astype(np.float32)
 targets = stylejax.make_targets(vgg, content, style, cfg)
@@ -90,11 +90,11 @@ print(json.dumps({"measured": peak - base, "predicted": table["total"] - table["
 """
 
 
-@pytest.mark.parametrize("size", [128, 256])
-def test_prediction_within_25_percent_of_measured_peak_rss(size, weights_path):
-    r = subprocess.run([sys.executable, "-c", MEASURE, str(size), str(weights_path)],
+@pytest.mark.parametrize("size,conv", [(128, "direct"), (256, "direct"), (256, "winograd")])
+def test_prediction_within_25_percent_of_measured_peak_rss(size, conv, weights_path):
+    r = subprocess.run([sys.executable, "-c", MEASURE, str(size), str(weights_path), conv],
                        capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout.strip().splitlines()[-1])
-    print(size, got)
+    print(size, conv, got)
     assert got["predicted"] == pytest.approx(got["measured"], rel=0.25), got
