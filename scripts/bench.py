@@ -148,9 +148,9 @@ def value_and_grad_race(vgg, np_params, size, repeats, dtype="float32", conv="di
             "torch_gflops": flops / theirs / 1e9}
 
 
-def epoch_timing(vgg, size, iterations):
+def epoch_timing(vgg, size, iterations, conv="direct"):
     """Compile time of the first epoch, then steady seconds per L-BFGS iteration."""
-    cfg = bench_config()
+    cfg = bench_config(conv=conv)
     content, style = bench_images(size)
     targets = stylejax.make_targets(vgg, content, style, cfg)
     scfg = SolverConfig("lbfgs", iterations=iterations)
@@ -164,7 +164,7 @@ def epoch_timing(vgg, size, iterations):
     state = compiled(state, vgg, targets)
     float(state.value)
     per_iter = (time.perf_counter() - start) / iterations
-    return {"size": size, "compile_s": compile_s, "per_iteration_s": per_iter,
+    return {"size": size, "conv": conv, "compile_s": compile_s, "per_iteration_s": per_iter,
             "compile_share_of_1000_iterations": compile_s / (compile_s + 1000 * per_iter)}
 
 
@@ -303,12 +303,14 @@ def main():
                   f"{100 * r['fraction_of_peak']:.0f}% of that peak")
     if "epoch" not in skip:
         size = max(sizes)
-        r = epoch_timing(vgg, size, 5)
-        report["epoch"] = r
-        print(f"\nL-BFGS epoch at {size} px: compile {r['compile_s']:.1f} s, steady "
-              f"{r['per_iteration_s'] * 1e3:.0f} ms/iteration; compile is "
-              f"{100 * r['compile_share_of_1000_iterations']:.1f}% of a 1000-iteration run",
-              flush=True)
+        report["epoch"] = []
+        for conv in convs:
+            r = epoch_timing(vgg, size, 5, conv)
+            report["epoch"].append(r)
+            print(f"\nL-BFGS epoch at {size} px ({conv}): compile {r['compile_s']:.1f} s, "
+                  f"steady {r['per_iteration_s'] * 1e3:.0f} ms/iteration; compile is "
+                  f"{100 * r['compile_share_of_1000_iterations']:.1f}% of a 1000-iteration "
+                  "run", flush=True)
     if "converge" not in skip:
         content, style = bench_images(args.converge_size)
         ref = torch_lbfgs(np_params, content, style, args.converge_iters)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -15,6 +17,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 # Downloads and compiled programs of the CLI runs go to a throwaway cache, shared by the
 # session's subprocesses (later runs with the same shapes skip compilation).
 os.environ["STYLEJAX_CACHE"] = tempfile.mkdtemp(prefix="stylejax-cache-")
+atexit.register(shutil.rmtree, os.environ["STYLEJAX_CACHE"], ignore_errors=True)
 
 from fixtures import random_vgg_params  # noqa: E402
 
