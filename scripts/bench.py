@@ -143,7 +143,8 @@ def value_and_grad_race(vgg, np_params, size, repeats, dtype="float32", conv="di
         ours = min(ours, best_time(lambda: jax.block_until_ready(vg(vgg, x, targets, cfg=cfg)), 1))
         theirs = min(theirs, best_time(torch_step, 1))
     flops = conv_flops(size, size, cfg.layers)
-    return {"size": size, "precision": dtype, "conv": conv, "stylejax_s": ours, "torch_s": theirs, "ratio": ours / theirs,
+    return {"size": size, "precision": dtype, "conv": conv, "stylejax_s": ours,
+            "torch_s": theirs, "ratio": ours / theirs,
             "conv_gflop": flops / 1e9, "stylejax_gflops": flops / ours / 1e9,
             "torch_gflops": flops / theirs / 1e9}
 

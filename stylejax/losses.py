@@ -87,6 +87,9 @@ class LossConfig:
             raise StylejaxError(f"Unknown precision {self.dtype!r}: use float32 or bfloat16.")
         if self.conv not in CONVS:
             raise StylejaxError(f"Unknown convolution {self.conv!r}: use {' or '.join(CONVS)}.")
+        if self.conv == "winograd" and self.dtype != "float32":
+            raise StylejaxError("Winograd convolutions run in float32 only: drop --conv "
+                                "winograd or --precision bf16.")
         for name in ("content_weight", "style_weight", "tv_weight"):
             if not getattr(self, name) >= 0:
                 raise StylejaxError(f"{name} must be a number >= 0, got {getattr(self, name)}.")

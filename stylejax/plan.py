@@ -63,7 +63,8 @@ def _winograd_bytes(cfg: LossConfig, shapes) -> int:
     kept, tiles = 0, 0
     for name, h, w, cout in shapes:
         cin = _INPUTS.get(name)
-        if cin and uses_winograd(cfg.conv, (1, h, w, cin), (3, 3, cin, cout), cfg.dtype):
+        if cin and name not in cfg.layers and uses_winograd(
+                cfg.conv, (1, h, w, cin), (3, 3, cin, cout), cfg.dtype):
             kept += 36 * cin * cout * 4
             tiles = max(tiles, 2 * 36 * -(-h // 4) * -(-w // 4) * max(cin, cout) * 4)
     return kept + tiles

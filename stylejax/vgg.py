@@ -99,8 +99,8 @@ CONVS = ("direct", "winograd")
 """Convolution algorithms: XLA's direct convolution, or Winograd F(4x4, 3x3) (`winograd`)."""
 
 # Where Winograd pays on a 2-core CPU (measured in the whole value+grad): both channel
-# counts >= 128 and at least 32x32 outputs. Below that the 36 small matmuls and the
-# transforms cost more than the 2.25-4x fewer multiplications save.
+# counts >= 128 and at least 1024 output pixels (32x32). Below that the 36 small matmuls and
+# the transforms cost more than the 2.25-4x fewer multiplications save.
 WINOGRAD_MIN_CHANNELS = 128
 WINOGRAD_MIN_PIXELS = 32 * 32
 
@@ -108,7 +108,10 @@ WINOGRAD_MIN_PIXELS = 32 * 32
 def uses_winograd(conv: str, x_shape, kernel_shape, dtype) -> bool:
     """Whether a layer with input ``x_shape`` [N, H, W, Cin] and kernel ``kernel_shape``
     [3, 3, Cin, Cout] runs as Winograd under the algorithm ``conv`` (float32 only: in
-    bfloat16 its transforms lose too much)."""
+    bfloat16 its transforms lose too much). Only convolutions fused with their ReLU use it:
+    one whose pre-activation the loss reads (e.g. ``conv4_2``) stays direct."""
+    if conv not in CONVS:
+        raise StylejaxError(f"Unknown convolution {conv!r}: use {' or '.join(CONVS)}.")
     return (conv == "winograd" and jnp.dtype(dtype) == jnp.float32
             and min(kernel_shape[2:]) >= WINOGRAD_MIN_CHANNELS
             and x_shape[1] * x_shape[2] >= WINOGRAD_MIN_PIXELS)

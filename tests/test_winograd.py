@@ -3,6 +3,8 @@ with them against the float64 PyTorch reference."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,6 +64,10 @@ def test_which_layers_use_winograd():
     assert not vggmod.uses_winograd("winograd", (1, 16, 16, 128), k, jnp.float32)
     with pytest.raises(stylejax.StylejaxError, match="direct or winograd"):
         LossConfig(conv="fft")
+    with pytest.raises(stylejax.StylejaxError, match="direct or winograd"):
+        vggmod.uses_winograd("winogard", x, k, jnp.float32)
+    with pytest.raises(stylejax.StylejaxError, match="float32 only"):
+        LossConfig(conv="winograd", dtype="bfloat16")
 
 
 def test_loss_with_winograd_matches_torch_float64(vgg, vgg_params):
@@ -72,6 +78,11 @@ def test_loss_with_winograd_matches_torch_float64(vgg, vgg_params):
     image = image.astype(np.float32)
     cfg = stylejax.preset_config("johnson", conv="winograd")
     targets = stylejax.make_targets(vgg, content, style, cfg)
+    # The Winograd domain's [36, tiles, channels] arrays are there, and only with it.
+    jaxpr = lambda c: str(jax.make_jaxpr(stylejax.loss_fn, static_argnums=3)(  # noqa: E731
+        vgg, image[None], targets, c))
+    assert "f32[36," in jaxpr(cfg)
+    assert "f32[36," not in jaxpr(dataclasses.replace(cfg, conv="direct"))
     value, grad = jax.value_and_grad(stylejax.loss_fn, argnums=1)(
         vgg, jnp.asarray(image[None]), targets, cfg)
     layers = torch_layers(vgg_params, torch.float64)
@@ -83,7 +94,7 @@ def test_loss_with_winograd_matches_torch_float64(vgg, vgg_params):
     ref_grad = x.grad.numpy().transpose(0, 2, 3, 1)
     np.testing.assert_allclose(float(value), ref.item(), rtol=1e-4)
     rel = np.linalg.norm(np.asarray(grad) - ref_grad) / np.linalg.norm(ref_grad)
-    assert rel < 1e-3, rel
+    assert rel < 2e-4, rel  # measured 2.9e-5; the float64 test allows the direct path 1e-3
 
 
 def test_cli_flag_reaches_the_loss_config():
