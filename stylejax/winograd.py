@@ -60,14 +60,11 @@ def _apply(mat, x, axis: int, out_axis: int):
 
 
 def _windows(x, axis: int, tiles: int):
-    """Overlapping windows of 6 at stride 4 along ``axis``: [..., >= 4t+2, ...] ->
-    [..., t, 6, ...] (zero-padded at the end as needed)."""
-    size = TILE * (tiles + 1)
-    if x.shape[axis] < size:
-        pad = [(0, 0)] * x.ndim
-        pad[axis] = (0, size - x.shape[axis])
-        x = jnp.pad(x, pad)
-    x = lax.slice_in_dim(x, 0, size, axis=axis)
+    """Overlapping windows of 6 at stride 4 along ``axis``: [..., n, ...] -> [..., t, 6, ...]
+    for 4t-2 < n <= 4t+4 (zero-padded at the end to 4(t+1))."""
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, TILE * (tiles + 1) - x.shape[axis])
+    x = jnp.pad(x, pad)
     x = x.reshape(x.shape[:axis] + (tiles + 1, TILE) + x.shape[axis + 1:])
     head = lax.slice_in_dim(x, 0, tiles, axis=axis)
     tail = lax.slice_in_dim(lax.slice_in_dim(x, 1, tiles + 1, axis=axis), 0, WINDOW - TILE,
