@@ -35,10 +35,10 @@ def test_convolution_and_input_gradient_equal_xla_direct(shape):
     x = jax.random.normal(keys[0], shape)
     kernel = jax.random.normal(keys[1], (3, 3, shape[-1], 6)) / np.sqrt(9 * shape[-1])
     g = jax.random.normal(keys[2], shape[:-1] + (6,))
-    u = winograd.transform_kernel(kernel)
-    y, vjp = jax.vjp(lambda x: _direct(x, kernel), x)
-    assert _rel(winograd.conv3x3(x, u), y) < 1e-5
-    assert _rel(winograd.conv3x3_input_grad(g, u), vjp(g)[0]) < 1e-5
+    u = jax.jit(winograd.transform_kernel)(kernel)  # jitted: eagerly, each of the many
+    y, vjp = jax.vjp(lambda x: _direct(x, kernel), x)  # small ops would compile on its own
+    assert _rel(jax.jit(winograd.conv3x3)(x, u), y) < 1e-5
+    assert _rel(jax.jit(winograd.conv3x3_input_grad)(g, u), vjp(g)[0]) < 1e-5
 
 
 def test_fused_winograd_layer_equals_autodiff_of_the_plain_composition():
@@ -49,8 +49,9 @@ def test_fused_winograd_layer_equals_autodiff_of_the_plain_composition():
     probe = jax.random.normal(keys[3], (2, 11, 9, 6))
     plain = lambda x, k, b: jnp.sum(jax.nn.relu(_direct(x, k) + b) * probe)  # noqa: E731
     ours = lambda x, k, b: jnp.sum(vggmod.conv3x3_relu_winograd(x, k, b) * probe)  # noqa: E731
-    np.testing.assert_allclose(ours(x, kernel, bias), plain(x, kernel, bias), atol=1e-4)
-    for a, b in zip(jax.grad(ours, (0, 1, 2))(x, kernel, bias),
+    np.testing.assert_allclose(jax.jit(ours)(x, kernel, bias), plain(x, kernel, bias),
+                               atol=1e-4)
+    for a, b in zip(jax.jit(jax.grad(ours, (0, 1, 2)))(x, kernel, bias),
                     jax.grad(plain, (0, 1, 2))(x, kernel, bias)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
