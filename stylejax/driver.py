@@ -30,7 +30,7 @@ from stylejax import colour
 from stylejax import images as imageio
 from stylejax.errors import StylejaxError
 from stylejax.losses import PRESETS, LossConfig, make_targets, network_warning, preset_config
-from stylejax.vgg import min_size
+from stylejax.vgg import CONVS, min_size
 from stylejax.solvers import OPTIMIZERS, SolverConfig, init_state, run_epoch
 from stylejax.weights import atomic_write_bytes, load_vgg19
 
@@ -370,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("f32", "bf16", "float32", "bfloat16"), default="f32",
                    help="VGG activations: f32, or bf16 for GPU/TPU (Grams, loss, image and "
                         "L-BFGS memory stay float32)")
-    p.add_argument("--conv", choices=("direct", "winograd"), default="direct",
+    p.add_argument("--conv", choices=CONVS, default="direct",
                    help="convolution algorithm: direct, or winograd (F(4x4,3x3) on the "
                         "layers with >= 128 channels and >= 1024 output pixels: about 1.5x "
                         "faster on CPU, about 1.3x the peak memory at 512 px; float32 only)")

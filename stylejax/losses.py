@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from stylejax.errors import StylejaxError
-from stylejax.vgg import CONVS, LAYERS, check_layers, extract_features
+from stylejax.vgg import LAYERS, check_conv, check_layers, extract_features
 from stylejax.weights import Vgg19
 
 NORMALIZATIONS = ("gatys", "johnson", "seed")
@@ -85,9 +85,7 @@ class LossConfig:
             raise StylejaxError(f"Unknown pooling {self.pooling!r}: use max or avg.")
         if self.dtype not in ("float32", "bfloat16"):
             raise StylejaxError(f"Unknown precision {self.dtype!r}: use float32 or bfloat16.")
-        if self.conv not in CONVS:
-            raise StylejaxError(f"Unknown convolution {self.conv!r}: use {' or '.join(CONVS)}.")
-        if self.conv == "winograd" and self.dtype != "float32":
+        if check_conv(self.conv) == "winograd" and self.dtype != "float32":
             raise StylejaxError("Winograd convolutions run in float32 only: drop --conv "
                                 "winograd or --precision bf16.")
         for name in ("content_weight", "style_weight", "tv_weight"):

@@ -105,14 +105,19 @@ WINOGRAD_MIN_CHANNELS = 128
 WINOGRAD_MIN_PIXELS = 32 * 32
 
 
+def check_conv(conv: str) -> str:
+    """Returns ``conv`` if it is one of `CONVS`, else raises StylejaxError."""
+    if conv not in CONVS:
+        raise StylejaxError(f"Unknown convolution {conv!r}: use {' or '.join(CONVS)}.")
+    return conv
+
+
 def uses_winograd(conv: str, x_shape, kernel_shape, dtype) -> bool:
     """Whether a layer with input ``x_shape`` [N, H, W, Cin] and kernel ``kernel_shape``
     [3, 3, Cin, Cout] runs as Winograd under the algorithm ``conv`` (float32 only: in
     bfloat16 its transforms lose too much). Only convolutions fused with their ReLU use it:
     one whose pre-activation the loss reads (e.g. ``conv4_2``) stays direct."""
-    if conv not in CONVS:
-        raise StylejaxError(f"Unknown convolution {conv!r}: use {' or '.join(CONVS)}.")
-    return (conv == "winograd" and jnp.dtype(dtype) == jnp.float32
+    return (check_conv(conv) == "winograd" and jnp.dtype(dtype) == jnp.float32
             and min(kernel_shape[2:]) >= WINOGRAD_MIN_CHANNELS
             and x_shape[1] * x_shape[2] >= WINOGRAD_MIN_PIXELS)
 
@@ -122,7 +127,7 @@ def conv3x3_relu_winograd(x, kernel, bias):
     """`conv3x3_relu` computed with Winograd F(4x4, 3x3): same values to ~1e-6 relative,
     about 2.5x fewer FLOPs. The kernel transform is made once per call and kept for the
     backward pass, which is the exact transpose of the forward algorithm."""
-    return jax.nn.relu(winograd.conv3x3(x, winograd.transform_kernel(kernel)) + bias)
+    return _winograd_fwd(x, kernel, bias)[0]
 
 
 def _winograd_fwd(x, kernel, bias):
@@ -292,8 +297,7 @@ def extract_features(vgg: Vgg19, images, layers: Sequence[str], pooling: str = "
       ``{name: [N, h, w, C]}``, where h and w shrink by 2 after each pooling (floor).
     """
     layers = check_layers(layers)
-    if conv not in CONVS:
-        raise StylejaxError(f"Unknown convolution {conv!r}: use {' or '.join(CONVS)}.")
+    check_conv(conv)
     images = jnp.asarray(images, jnp.float32)
     if images.ndim == 3:
         images = images[None]
