@@ -38,8 +38,9 @@ import numpy as np  # noqa: E402
 
 import stylejax  # noqa: E402
 from stylejax import images as imageio  # noqa: E402
+from stylejax.hostmem import compile_released  # noqa: E402
 from stylejax.solvers import SolverConfig, init_state, run_epoch  # noqa: E402
-from stylejax.vgg import LAYERS  # noqa: E402
+from stylejax.vgg import LAYERS, resolve_conv  # noqa: E402
 from stylejax.weights import CAFFE, CONV_SPECS, Vgg19  # noqa: E402
 
 SHARED = Path(os.environ.get("STYLEJAX_BENCH_IMAGES", ROOT.parent / "shared" / "images"))
@@ -157,7 +158,7 @@ def epoch_timing(vgg, size, iterations, conv="direct"):
     scfg = SolverConfig("lbfgs", iterations=iterations)
     start = time.perf_counter()
     state = init_state(scfg, vgg, jnp.asarray(content[None]), targets, cfg)
-    compiled = run_epoch.lower(state, vgg, targets, cfg=cfg, scfg=scfg).compile()
+    compiled = compile_released(run_epoch, state, vgg, targets, cfg=cfg, scfg=scfg)
     compile_s = time.perf_counter() - start
     state = compiled(state, vgg, targets)
     float(state.value)
@@ -222,7 +223,7 @@ def time_to_loss(vgg, content, style, target, kind, budget_s, iterations=10, coa
         loss, done = float(state.value), done + iterations
     total = time.perf_counter() - start
     name = f"{kind}, {coarse} at half size first" if coarse else kind
-    name += ", winograd" if conv == "winograd" else ""
+    name += f", {conv}"
     return {"optimizer": name, "conv": conv, "seconds": total, "solve_s": total - compile_s,
             "compile_s": compile_s, "reached": loss <= target, "loss": loss,
             "iterations": done, "coarse_iterations": coarse}
@@ -233,7 +234,7 @@ def _compiled_epoch(vgg, content, style, x0, cfg, scfg):
     start = time.perf_counter()
     targets = stylejax.make_targets(vgg, content, style, cfg)
     state = init_state(scfg, vgg, jnp.asarray(x0[None]), targets, cfg)
-    compiled = run_epoch.lower(state, vgg, targets, cfg=cfg, scfg=scfg).compile()
+    compiled = compile_released(run_epoch, state, vgg, targets, cfg=cfg, scfg=scfg)
     return state, (lambda st: compiled(st, vgg, targets)), time.perf_counter() - start
 
 
@@ -250,8 +251,9 @@ def main():
     p.add_argument("--repeats", type=int, default=4)
     p.add_argument("--precision", default="float32",
                    help="comma-separated VGG precisions for the race: float32,bfloat16")
-    p.add_argument("--convs", default="direct,winograd",
-                   help="our convolution algorithms to race (float32 only for winograd)")
+    p.add_argument("--convs", default="winograd,direct",
+                   help="our convolution algorithms to race (float32 only for winograd); the "
+                        "one --conv auto picks on this backend is starred")
     p.add_argument("--converge-size", type=int, default=192)
     p.add_argument("--converge-iters", type=int, default=200)
     p.add_argument("--optimizers", default="lbfgs,adam",
@@ -268,6 +270,8 @@ def main():
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     convs = args.convs.split(",")
+    default_conv = resolve_conv("auto")
+    star = {c: c + ("*" if c == default_conv else "") for c in convs}
     import torch
 
     torch.set_num_threads(os.cpu_count() if jax.default_backend() == "cpu" else 1)
@@ -290,9 +294,11 @@ def main():
                 continue  # Winograd runs in float32 only
             r = value_and_grad_race(vgg, np_params, size, args.repeats, dtype, conv)
             report["value_and_grad"].append(r)
-            print(f"  {size:4d} {dtype:9s} {conv:9s} {r['stylejax_s'] * 1e3:8.1f} ms "
+            print(f"  {size:4d} {dtype:9s} {star[conv]:9s} {r['stylejax_s'] * 1e3:8.1f} ms "
                   f"{r['torch_s'] * 1e3:8.1f} ms  {r['ratio']:5.2f}x  "
                   f"{r['stylejax_gflops']:6.1f} / {r['torch_gflops']:.1f}", flush=True)
+        print(f"  (* the default here: --conv auto is {default_conv} on "
+              f"{jax.default_backend()})")
     if "peak" not in skip:
         peak = matmul_peak()
         report["matmul_peak_gflops"] = peak / 1e9
@@ -300,7 +306,7 @@ def main():
               "the direct convolution's FLOPs: over 100% means fewer FLOPs done)", flush=True)
         for r in report.get("value_and_grad", []):
             r["fraction_of_peak"] = r["stylejax_gflops"] * 1e9 / peak
-            print(f"  step at {r['size']} px ({r['precision']}, {r['conv']}): "
+            print(f"  step at {r['size']} px ({r['precision']}, {star[r['conv']]}): "
                   f"{100 * r['fraction_of_peak']:.0f}% of that peak")
     if "epoch" not in skip:
         size = max(sizes)
@@ -308,7 +314,7 @@ def main():
         for conv in convs:
             r = epoch_timing(vgg, size, 5, conv)
             report["epoch"].append(r)
-            print(f"\nL-BFGS epoch at {size} px ({conv}): compile {r['compile_s']:.1f} s, "
+            print(f"\nL-BFGS epoch at {size} px ({star[conv]}): compile {r['compile_s']:.1f} s, "
                   f"steady {r['per_iteration_s'] * 1e3:.0f} ms/iteration; compile is "
                   f"{100 * r['compile_share_of_1000_iterations']:.1f}% of a 1000-iteration "
                   "run", flush=True)
@@ -319,16 +325,17 @@ def main():
         print(f"\ntime to torch L-BFGS's {args.converge_iters}-iteration loss at "
               f"{args.converge_size} px: torch {ref['seconds']:.1f} s to {ref['loss']:.6g} "
               f"({ref['evaluations']} evaluations)", flush=True)
-        runs = [(kind, 0, "direct") for kind in args.optimizers.split(",")]
-        runs += [("lbfgs", 0, "winograd")] if "winograd" in convs else []
-        runs += [("lbfgs", args.coarse_iters, "direct")] if args.coarse_iters else []
+        # Every optimizer with the default convolution; L-BFGS with each other one too.
+        runs = [(kind, 0, default_conv) for kind in args.optimizers.split(",")]
+        runs += [("lbfgs", 0, c) for c in convs if c != default_conv]
+        runs += [("lbfgs", args.coarse_iters, default_conv)] if args.coarse_iters else []
         for kind, coarse, conv in runs:
             r = time_to_loss(vgg, content, style, ref["loss"], kind, 2 * ref["seconds"],
                              coarse=coarse, conv=conv)
             r["ratio"] = r["seconds"] / ref["seconds"]
             report["converge"]["ours"].append(r)
             status = "reached" if r["reached"] else "NOT reached"
-            print(f"  {r['optimizer']:22s} {r['seconds']:6.1f} s ({r['ratio']:.2f}x; without the "
+            print(f"  {r['optimizer']:32s} {r['seconds']:6.1f} s ({r['ratio']:.2f}x; without the "
                   f"{r['compile_s']:.1f} s compile {r['solve_s']:.1f} s, "
                   f"{r['solve_s'] / ref['seconds']:.2f}x), {status} after {r['iterations']} "
                   f"iterations, loss {r['loss']:.6g}", flush=True)
@@ -346,7 +353,7 @@ def main():
         print(f"\npeak memory, value+grad at {size} px, each in a fresh process:")
         for m in report["memory"]:
             dev = f", device {m['device_peak_mb']:.0f} MB" if m["device_peak_mb"] else ""
-            side = f"{m['side']} ({m['conv']})" if m["side"] == "jax" else m["side"]
+            side = f"{m['side']} ({star[m['conv']]})" if m["side"] == "jax" else m["side"]
             print(f"  {side:16s} RSS {m['peak_rss_mb']:.0f} MB{dev}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))

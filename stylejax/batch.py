@@ -35,6 +35,7 @@ import numpy as np
 from stylejax import devices as dev
 from stylejax import images as imageio
 from stylejax.errors import StylejaxError
+from stylejax.hostmem import compile_released
 from stylejax.losses import LossConfig, make_targets
 from stylejax.solvers import SolverConfig, init_state, run_epoch
 
@@ -61,7 +62,16 @@ def init_batch_state(scfg: SolverConfig, vgg, images, targets, cfg: LossConfig, 
     leaf with a leading N axis); the state's leaves gain that axis too. ``mesh``: see
     `stylejax.devices` (None: one device)."""
     images, targets = dev.constrain((images, targets), mesh)
-    return dev.constrain(_vmapped_init(scfg, vgg, images, targets, cfg), mesh)
+    return dev.constrain(_vmapped_init(scfg, vgg, images, targets, _for_mesh(cfg, mesh)), mesh)
+
+
+def _for_mesh(cfg: LossConfig, mesh) -> LossConfig:
+    """``cfg``, with ``conv="auto"`` made direct when ``mesh`` splits the image rows: XLA's
+    partitioner exchanges a direct convolution's halos between neighbours, but gathers whole
+    activations around Winograd's overlapping tile windows (6 all-gathers at 128 px)."""
+    if mesh is not None and mesh.shape[dev.SPACE] > 1 and cfg.conv == "auto":
+        return dataclasses.replace(cfg, conv="direct")
+    return cfg
 
 
 def _shared_vgg_value_and_grad(vgg, cfg):
@@ -119,6 +129,7 @@ def run_batch_epoch(state, vgg, targets, *, cfg: LossConfig, scfg: SolverConfig,
     """`solvers.run_epoch` for every pair at once (one compiled call; ``state`` donated).
     ``state.value`` is [N], ``state.image`` [N, 1, H, W, 3]."""
     state, targets = dev.constrain((state, targets), mesh)
+    cfg = _for_mesh(cfg, mesh)
     if scfg.kind == "lbfgs":
         epoch = lambda s, t: _lbfgs_epoch(s, vgg, t, cfg, scfg)  # noqa: E731
     else:  # optax's line search closes over the objective: nothing to work around
@@ -206,8 +217,10 @@ def stylize_batch(vgg, contents, styles, cfg: LossConfig, *, epochs: int, max_it
                          losses=np.zeros((0, n), np.float32))
     losses = []
     start = time.perf_counter()
+    epoch_fn = compile_released(run_batch_epoch, state, vgg, targets, cfg=cfg, scfg=scfg,
+                                mesh=mesh)
     for epoch in range(1, epochs + 1):
-        state = run_batch_epoch(state, vgg, targets, cfg=cfg, scfg=scfg, mesh=mesh)
+        state = epoch_fn(state, vgg, targets)
         values = dev.to_host(state.value)[:n]  # the one host sync per epoch
         images_now = dev.to_host(state.image)[:n, 0]
         result.seconds.append(time.perf_counter() - start)

@@ -49,8 +49,8 @@ class LossConfig:
 
     Layer weights: ``None`` means 1 for each content layer and 1/len for each style layer.
     ``dtype`` is the VGG activation dtype ("float32" or "bfloat16"); Grams and the loss are
-    always float32. ``conv`` is the convolution algorithm: "direct" or "winograd" (faster on
-    CPU, more memory; `stylejax.winograd`).
+    always float32. ``conv`` is the convolution algorithm of the loss's network pass:
+    "auto" (Winograd on CPU, direct on GPU/TPU), "direct" or "winograd" (`stylejax.winograd`).
     """
 
     content_layers: tuple[str, ...] = ("relu4_2",)
@@ -63,7 +63,7 @@ class LossConfig:
     normalization: str = "johnson"
     pooling: str = "max"
     dtype: str = "float32"
-    conv: str = "direct"
+    conv: str = "auto"
 
     def __post_init__(self):
         # Normalise lists to tuples so equal configs hash equally, then validate.
@@ -110,6 +110,13 @@ class LossConfig:
 def _features(vgg, images, layers, cfg):
     return extract_features(vgg, images, layers, cfg.pooling, dtype=jnp.dtype(cfg.dtype),
                             conv=cfg.conv)
+
+
+def _target_features(vgg, images, layers, cfg):
+    # Targets are computed once per run, so always by the exact direct convolution: a
+    # forward-only Winograd program would be compiled for a single call (seconds, and ~150 MB
+    # of compiler heap at 512 px).
+    return _features(vgg, images, layers, dataclasses.replace(cfg, conv="direct"))
 
 
 def _as_batch(image):
@@ -216,19 +223,19 @@ def tv_term(images):
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _content_targets(vgg, content, cfg):
-    feats = _features(vgg, content, cfg.content_layers, cfg)
+    feats = _target_features(vgg, content, cfg.content_layers, cfg)
     return {name: feats[name].astype(jnp.float32) for name in cfg.content_layers}
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _style_grams(vgg, style, cfg):
-    feats = _features(vgg, style, cfg.style_layers, cfg)
+    feats = _target_features(vgg, style, cfg.style_layers, cfg)
     return {name: gram(feats[name], cfg.normalization)[0] for name in cfg.style_layers}
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _style_masked_grams(vgg, style, mask, cfg):
-    feats = _features(vgg, style, cfg.style_layers, cfg)
+    feats = _target_features(vgg, style, cfg.style_layers, cfg)
     masks = layer_masks(mask[None], cfg.style_layers)
     return {name: masked_gram(feats[name], masks[name], cfg.normalization)[0, 0]
             for name in cfg.style_layers}

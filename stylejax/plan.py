@@ -17,13 +17,15 @@ The model (bytes; E = 4 for float32 activations, 2 for bfloat16; image = H*W*3*4
   search hold ``LINE_SEARCH_IMAGES`` more image-sized temporaries. Adam: ``ADAM_IMAGES``.
   On CPU, XLA cannot reuse the donated input state, so the epoch's input and output states
   both exist at the end of the call: the solver term counts twice there.
-- ``winograd`` (only with ``conv="winograd"``): each Winograd layer keeps its transformed
-  kernel (36 * Cin * Cout * 4) from the forward to the backward pass, and the largest one
-  holds two tile buffers at once (2 * 36 * tiles * max(Cin, Cout) * 4, tiles = ceil(h/4) *
-  ceil(w/4)); measured 512 px: +366 MB RSS, this term 356 MB.
-- ``runtime``: a fixed ``RUNTIME_OVERHEAD[kind]`` (XLA's compiler and runtime; measured on
-  CPU as the peak RSS growth of a 256x256 run with L-BFGS history 5, resp. Adam, minus the
-  terms above; the L-BFGS program, with its line search, is larger to compile).
+- ``winograd`` (where the run uses Winograd: ``conv="winograd"``, or "auto" on CPU): each
+  Winograd layer keeps its transformed kernel (36 * Cin * Cout * 4) from the forward to the
+  backward pass, and the largest one holds two tile buffers at once (2 * 36 * tiles *
+  max(Cin, Cout) * 4, tiles = ceil(h/4) * ceil(w/4)); measured 512 px: +366 MB RSS, this
+  term 356 MB.
+- ``runtime``: a fixed ``RUNTIME_OVERHEAD[kind]`` (XLA's runtime and the compiled program;
+  the compiler's scratch heap is released before the run, `hostmem`). Fitted on CPU to the
+  peak RSS growth of L-BFGS runs at 128 and 256 px, resp. Adam at 256 and 512 px, minus the
+  terms above, splitting the error between the two.
 - with tiling, everything above is for one tile, and ``host tiling buffers`` adds the full-size
   image, content, blend sum (3 * image) and weights (H*W*4) kept in host memory; the peak is
   the larger of the tiles' phase and the one-off style pass over the full-size style image
@@ -40,10 +42,10 @@ from typing import Optional
 
 from stylejax.losses import LossConfig
 from stylejax.solvers import SolverConfig
-from stylejax.vgg import LAYERS, uses_winograd
+from stylejax.vgg import LAYERS, resolve_conv, uses_winograd
 from stylejax.weights import CONV_SPECS
 
-RUNTIME_OVERHEAD = {"lbfgs": 300 * 2**20, "optax-lbfgs": 300 * 2**20, "adam": 265 * 2**20}
+RUNTIME_OVERHEAD = {"lbfgs": 160 * 2**20, "optax-lbfgs": 160 * 2**20, "adam": 150 * 2**20}
 """Fixed bytes for XLA's compiler and runtime per solver kind (measured, see the docstring;
 optax-lbfgs is assumed equal to lbfgs, not measured)."""
 LINE_SEARCH_IMAGES = 12
@@ -59,12 +61,12 @@ _INPUTS = {name: cin for name, cin, _ in CONV_SPECS}
 
 
 def _winograd_bytes(cfg: LossConfig, shapes) -> int:
-    """The ``winograd`` term (see the module docstring); 0 for the direct convolution."""
+    """The ``winograd`` term (see the module docstring) of a Winograd run."""
     kept, tiles = 0, 0
     for name, h, w, cout in shapes:
         cin = _INPUTS.get(name)
         if cin and name not in cfg.layers and uses_winograd(
-                cfg.conv, (1, h, w, cin), (3, 3, cin, cout), cfg.dtype):
+                "winograd", (1, h, w, cin), (3, 3, cin, cout), cfg.dtype):
             kept += 36 * cin * cout * 4
             tiles = max(tiles, 2 * 36 * -(-h // 4) * -(-w // 4) * max(cin, cout) * 4)
     return kept + tiles
@@ -121,7 +123,7 @@ def predict(cfg: LossConfig, scfg: SolverConfig, height: int, width: int,
         solver *= 2  # no buffer donation on CPU: input and output states coexist
     table = {"params": params, "activations": acts, "targets": targets, "solver": solver,
              "runtime": RUNTIME_OVERHEAD[scfg.kind]}
-    if cfg.conv == "winograd":
+    if resolve_conv(cfg.conv, platform) == "winograd":
         table["winograd"] = _winograd_bytes(cfg, shapes)
     total = sum(table.values())
     if tile is not None and (height, width) != (full_h, full_w):

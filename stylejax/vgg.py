@@ -95,8 +95,10 @@ def _conv3x3_relu_bwd(res, g):
 
 conv3x3_relu.defvjp(_conv3x3_relu_fwd, _conv3x3_relu_bwd)
 
-CONVS = ("direct", "winograd")
-"""Convolution algorithms: XLA's direct convolution, or Winograd F(4x4, 3x3) (`winograd`)."""
+CONVS = ("auto", "direct", "winograd")
+"""Convolution algorithms: XLA's direct convolution, Winograd F(4x4, 3x3) (`winograd`), or
+"auto": Winograd where JAX's default backend is the CPU, direct elsewhere (GPU and TPU
+libraries choose their own fast algorithms for a direct convolution)."""
 
 # Where Winograd pays on a 2-core CPU (measured in the whole value+grad): both channel
 # counts >= 128 and at least 1024 output pixels (32x32). Below that the 36 small matmuls and
@@ -108,7 +110,16 @@ WINOGRAD_MIN_PIXELS = 32 * 32
 def check_conv(conv: str) -> str:
     """Returns ``conv`` if it is one of `CONVS`, else raises StylejaxError."""
     if conv not in CONVS:
-        raise StylejaxError(f"Unknown convolution {conv!r}: use {' or '.join(CONVS)}.")
+        raise StylejaxError(f"Unknown convolution {conv!r}: use {', '.join(CONVS[:-1])} or "
+                            f"{CONVS[-1]}.")
+    return conv
+
+
+def resolve_conv(conv: str, platform: str | None = None) -> str:
+    """"direct" or "winograd": ``conv`` with "auto" decided for ``platform`` ("cpu", "gpu",
+    "tpu"; default: JAX's default backend)."""
+    if check_conv(conv) == "auto":
+        return "winograd" if (platform or jax.default_backend()) == "cpu" else "direct"
     return conv
 
 
@@ -117,7 +128,7 @@ def uses_winograd(conv: str, x_shape, kernel_shape, dtype) -> bool:
     [3, 3, Cin, Cout] runs as Winograd under the algorithm ``conv`` (float32 only: in
     bfloat16 its transforms lose too much). Only convolutions fused with their ReLU use it:
     one whose pre-activation the loss reads (e.g. ``conv4_2``) stays direct."""
-    return (check_conv(conv) == "winograd" and jnp.dtype(dtype) == jnp.float32
+    return (resolve_conv(conv) == "winograd" and jnp.dtype(dtype) == jnp.float32
             and min(kernel_shape[2:]) >= WINOGRAD_MIN_CHANNELS
             and x_shape[1] * x_shape[2] >= WINOGRAD_MIN_PIXELS)
 
@@ -205,7 +216,7 @@ class Conv3x3(nn.Module):
     features: int
     dtype: jnp.dtype = jnp.float32
     relu: bool = False  # apply the ReLU too, fused (`conv3x3_relu`)
-    conv: str = "direct"  # or "winograd", used where `uses_winograd` says it pays
+    conv: str = "auto"  # one of `CONVS`; Winograd where `uses_winograd` says it pays
 
     @nn.compact
     def __call__(self, x):
@@ -230,7 +241,7 @@ class VGG19Features(nn.Module):
     layers: tuple[str, ...]
     pooling: str = "max"
     dtype: jnp.dtype = jnp.float32
-    conv: str = "direct"
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, x):
@@ -281,7 +292,7 @@ def check_layers(layers: Sequence[str]) -> tuple[str, ...]:
 
 
 def extract_features(vgg: Vgg19, images, layers: Sequence[str], pooling: str = "max",
-                     dtype=jnp.float32, conv: str = "direct") -> dict:
+                     dtype=jnp.float32, conv: str = "auto") -> dict:
     """VGG-19 activations of ``images`` at ``layers``.
 
     Args:
@@ -291,8 +302,8 @@ def extract_features(vgg: Vgg19, images, layers: Sequence[str], pooling: str = "
       layers: names from `LAYERS`, e.g. ``("relu1_1", "relu4_2")``.
       pooling: "max" (as trained) or "avg" (Gatys et al.'s choice for synthesis).
       dtype: activation dtype; float32 by default, bfloat16 for speed on GPU/TPU.
-      conv: "direct" (XLA's convolution) or "winograd" (fewer FLOPs, faster on CPU, more
-        memory; see `stylejax.winograd`).
+      conv: "direct" (XLA's convolution), "winograd" (fewer FLOPs, faster on CPU; see
+        `stylejax.winograd`) or "auto" (Winograd on CPU, direct on GPU/TPU).
     Returns:
       ``{name: [N, h, w, C]}``, where h and w shrink by 2 after each pooling (floor).
     """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import collections
 import os
 import shutil
 import sys
@@ -22,6 +23,22 @@ atexit.register(shutil.rmtree, os.environ["STYLEJAX_CACHE"], ignore_errors=True)
 from fixtures import random_vgg_params  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+_COMPILES: collections.Counter = collections.Counter()
+
+
+def xla_compiles(fun_name: str) -> int:
+    """XLA compilations (ahead-of-time ones and persistent-cache hits included) of the jitted
+    function ``fun_name`` in this process since the first call of this function."""
+    if not _COMPILES:
+        import jax
+
+        def listen(event, seconds, fun_name=None, **kwargs):
+            if event == "/jax/core/compile/backend_compile_duration":
+                _COMPILES[fun_name] += 1
+
+        jax.monitoring.register_event_duration_secs_listener(listen)
+        _COMPILES["(listening)"] = 1
+    return _COMPILES[f"jit({fun_name})"]
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ def test_components_follow_the_shapes():
     assert b["solver"] - short["solver"] == 2 * 95 * image
     cpu = plan.predict(CFG, SolverConfig("lbfgs", history=100), 256, 256, platform="cpu")
     assert cpu["solver"] == 2 * b["solver"]  # no donation on CPU
+    assert "winograd" not in b and cpu["winograd"] > 0  # conv "auto": Winograd on CPU only
     adam = plan.predict(CFG, SolverConfig("adam"), 256, 256, platform="gpu")
     assert adam["solver"] == plan.ADAM_IMAGES * image
     bf16 = plan.predict(stylejax.preset_config("johnson", dtype="bfloat16"),
@@ -64,7 +65,8 @@ import json, sys
 import jax, numpy as np
 import stylejax
 from stylejax import plan
-from stylejax.solvers import SolverConfig, init_state, run_epoch
+from stylejax.driver import run_epochs
+from stylejax.solvers import SolverConfig, init_state
 
 def rss(field="VmRSS"):
     # VmHWM (the peak) restarts at exec; ru_maxrss would include the memory this process
@@ -81,9 +83,9 @@ cfg, scfg = stylejax.preset_config("johnson", conv=conv), SolverConfig("lbfgs", 
 rng = np.random.default_rng(0)
 content, style = rng.uniform(0, 1, (2, size, size, 3)).astype(np.float32)
 targets = stylejax.make_targets(vgg, content, style, cfg)
-state = run_epoch(init_state(scfg, vgg, content[None], targets, cfg), vgg, targets, cfg=cfg,
-                  scfg=scfg)
-float(state.value)
+# As the driver runs it (compiled ahead, the compiler's freed heap released).
+for _ in run_epochs(vgg, targets, cfg, scfg, init_state(scfg, vgg, content[None], targets, cfg), 1):
+    pass
 peak = rss("VmHWM")
 table = plan.predict(cfg, scfg, size, size)
 print(json.dumps({"measured": peak - base, "predicted": table["total"] - table["params"]}))

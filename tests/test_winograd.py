@@ -63,12 +63,22 @@ def test_which_layers_use_winograd():
     assert not vggmod.uses_winograd("winograd", x, k, jnp.bfloat16)
     assert not vggmod.uses_winograd("winograd", x, (3, 3, 64, 128), jnp.float32)
     assert not vggmod.uses_winograd("winograd", (1, 16, 16, 128), k, jnp.float32)
-    with pytest.raises(stylejax.StylejaxError, match="direct or winograd"):
+    with pytest.raises(stylejax.StylejaxError, match="auto, direct or winograd"):
         LossConfig(conv="fft")
-    with pytest.raises(stylejax.StylejaxError, match="direct or winograd"):
+    with pytest.raises(stylejax.StylejaxError, match="auto, direct or winograd"):
         vggmod.uses_winograd("winogard", x, k, jnp.float32)
     with pytest.raises(stylejax.StylejaxError, match="float32 only"):
         LossConfig(conv="winograd", dtype="bfloat16")
+
+
+def test_auto_is_winograd_on_cpu_only():
+    assert vggmod.resolve_conv("auto", "cpu") == "winograd"
+    assert vggmod.resolve_conv("auto", "gpu") == vggmod.resolve_conv("auto", "tpu") == "direct"
+    assert vggmod.resolve_conv("direct", "cpu") == "direct"
+    assert vggmod.resolve_conv("winograd", "gpu") == "winograd"
+    assert LossConfig().conv == "auto"
+    assert vggmod.uses_winograd("auto", (1, 32, 32, 128), (3, 3, 128, 256), jnp.float32) == (
+        jax.default_backend() == "cpu")
 
 
 def test_loss_with_winograd_matches_torch_float64(vgg, vgg_params):
@@ -84,6 +94,11 @@ def test_loss_with_winograd_matches_torch_float64(vgg, vgg_params):
         vgg, image[None], targets, c))
     assert "f32[36," in jaxpr(cfg)
     assert "f32[36," not in jaxpr(dataclasses.replace(cfg, conv="direct"))
+    on_cpu = jax.default_backend() == "cpu"
+    assert ("f32[36," in jaxpr(dataclasses.replace(cfg, conv="auto"))) == on_cpu
+    # The targets, computed once, always take the exact direct convolution.
+    assert "f32[36," not in str(jax.make_jaxpr(
+        lambda c, s: stylejax.make_targets(vgg, c, s, cfg))(content, style))
     value, grad = jax.value_and_grad(stylejax.loss_fn, argnums=1)(
         vgg, jnp.asarray(image[None]), targets, cfg)
     layers = torch_layers(vgg_params, torch.float64)
@@ -104,4 +119,4 @@ def test_cli_flag_reaches_the_loss_config():
     args = driver.build_parser().parse_args(["c.png", "s.png", "--conv", "winograd"])
     assert driver.run_config(args).loss.conv == "winograd"
     args = driver.build_parser().parse_args(["c.png", "s.png"])
-    assert driver.run_config(args).loss.conv == "direct"
+    assert driver.run_config(args).loss.conv == "auto"
