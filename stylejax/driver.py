@@ -376,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "L-BFGS memory stay float32)")
     p.add_argument("--conv", choices=CONVS, default="auto",
                    help="convolution algorithm: winograd (F(4x4,3x3) on the layers with >= "
-                        "128 channels and >= 1024 output pixels; float32 only; about 1.7x "
+                        "128 channels and >= 512 output pixels; float32 only; about 1.7x "
                         "faster on CPU), direct, or auto (default: winograd on CPU, direct on "
                         "GPU/TPU and in bf16)")
     p.add_argument("--max-pixels", type=int, default=imageio.DEFAULT_MAX_PIXELS,

@@ -101,10 +101,11 @@ CONVS = ("auto", "direct", "winograd")
 libraries choose their own fast algorithms for a direct convolution)."""
 
 # Where Winograd pays on a 2-core CPU (measured in the whole value+grad): both channel
-# counts >= 128 and at least 1024 output pixels (32x32). Below that the 36 small matmuls and
-# the transforms cost more than the 2.25-4x fewer multiplications save.
+# counts >= 128 and at least 512 output pixels (~23x23). Below that the 36 small matmuls and
+# the transforms cost more than the 2.25-4x fewer multiplications save: 16x16 layers lost
+# (256 px: 380 -> 387 ms with them); 24x24 ones won (192 px: 300 -> 261 ms), 28x28 too.
 WINOGRAD_MIN_CHANNELS = 128
-WINOGRAD_MIN_PIXELS = 32 * 32
+WINOGRAD_MIN_PIXELS = 512
 
 
 def check_conv(conv: str) -> str:
