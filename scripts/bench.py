@@ -269,7 +269,7 @@ def main():
     p.add_argument("--json")
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    convs = args.convs.split(",")
+    convs = list(dict.fromkeys(resolve_conv(c) for c in args.convs.split(",")))
     default_conv = resolve_conv("auto")
     star = {c: c + ("*" if c == default_conv else "") for c in convs}
     import torch
@@ -325,10 +325,12 @@ def main():
         print(f"\ntime to torch L-BFGS's {args.converge_iters}-iteration loss at "
               f"{args.converge_size} px: torch {ref['seconds']:.1f} s to {ref['loss']:.6g} "
               f"({ref['evaluations']} evaluations)", flush=True)
-        # Every optimizer with the default convolution; L-BFGS with each other one too.
-        runs = [(kind, 0, default_conv) for kind in args.optimizers.split(",")]
-        runs += [("lbfgs", 0, c) for c in convs if c != default_conv]
-        runs += [("lbfgs", args.coarse_iters, default_conv)] if args.coarse_iters else []
+        # Every optimizer with the first convolution (the default one if raced); L-BFGS with
+        # each other one too.
+        first = default_conv if default_conv in convs else convs[0]
+        runs = [(kind, 0, first) for kind in args.optimizers.split(",")]
+        runs += [("lbfgs", 0, c) for c in convs if c != first]
+        runs += [("lbfgs", args.coarse_iters, first)] if args.coarse_iters else []
         for kind, coarse, conv in runs:
             r = time_to_loss(vgg, content, style, ref["loss"], kind, 2 * ref["seconds"],
                              coarse=coarse, conv=conv)

@@ -212,7 +212,8 @@ def stylize_batch(vgg, contents, styles, cfg: LossConfig, *, epochs: int, max_it
     else:
         targets, images = dev.place((targets, images), mesh)
         vgg = dev.replicate(vgg, mesh)
-    state = init_batch_state(scfg, vgg, images, targets, cfg, mesh=mesh)
+    state = compile_released(init_batch_state, scfg, vgg, images, targets, cfg, mesh=mesh)(
+        vgg, images, targets)
     result = BatchResult(images=dev.to_host(state.image)[:n, 0],
                          losses=np.zeros((0, n), np.float32))
     losses = []

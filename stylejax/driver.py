@@ -164,7 +164,7 @@ def stage_state(vgg, stage: Stage, cfg: LossConfig, scfg: SolverConfig, init, se
     x0 = initial_image(init, content, seed)
     if preserve_colors == "luminance":
         x0 = colour.luminance_image(x0)
-    return targets, init_state(scfg, vgg, x0, targets, cfg)
+    return targets, compile_released(init_state, scfg, vgg, x0, targets, cfg)(vgg, x0, targets)
 
 
 def _check_masks(content, styles, content_masks, style_masks):
@@ -210,6 +210,8 @@ def run_epochs(vgg, targets, cfg: LossConfig, scfg: SolverConfig, state, last: i
     the first one runs (`hostmem.compile_released`), so the compiler's scratch memory is not
     part of the run's peak.
     """
+    if first > last:  # e.g. --resume of a finished run: nothing to compile
+        return
     epoch_fn = compile_released(run_epoch, state, vgg, targets, cfg=cfg, scfg=scfg)
     for epoch in range(first, last + 1):
         state = epoch_fn(state, vgg, targets)
@@ -376,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "L-BFGS memory stay float32)")
     p.add_argument("--conv", choices=CONVS, default="auto",
                    help="convolution algorithm: winograd (F(4x4,3x3) on the layers with >= "
-                        "128 channels and >= 512 output pixels; float32 only; about 1.7x "
+                        "128 channels and >= 512 output pixels; float32 only; about 1.6x "
                         "faster on CPU), direct, or auto (default: winograd on CPU, direct on "
                         "GPU/TPU and in bf16)")
     p.add_argument("--max-pixels", type=int, default=imageio.DEFAULT_MAX_PIXELS,

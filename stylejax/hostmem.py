@@ -18,7 +18,8 @@ import functools
 def _malloc_trim():
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or None).malloc_trim
-    except (AttributeError, OSError):  # not glibc (macOS, musl, Windows): nothing to do
+    except (AttributeError, OSError, TypeError):  # not glibc (macOS, musl; Windows has no
+        # libc to find: CDLL(None) raises TypeError there): nothing to do
         return None
 
 

@@ -114,8 +114,8 @@ def _features(vgg, images, layers, cfg):
 
 def _target_features(vgg, images, layers, cfg):
     # Targets are computed once per run, so always by the exact direct convolution: a
-    # forward-only Winograd program would be compiled for a single call (seconds, and ~150 MB
-    # of compiler heap at 512 px).
+    # forward-only Winograd program would be compiled for a single call (512 px: +300 MB of
+    # peak RSS while the targets are made, +40 MB at the run's peak).
     return _features(vgg, images, layers, dataclasses.replace(cfg, conv="direct"))
 
 

@@ -34,7 +34,7 @@ def channel_sums(vgg: Vgg19, images, pooling: str = "max") -> dict:
 
     ``images``: [N, H, W, 3] RGB in [0, 1]. Divide by N*h*w of that layer for the mean.
     """
-    feats = extract_features(vgg, images, RELUS, pooling, conv="direct")  # exact; forward only
+    feats = extract_features(vgg, images, RELUS, pooling)
     return {name: jnp.sum(f, axis=(0, 1, 2), dtype=jnp.float32) for name, f in feats.items()}
 
 

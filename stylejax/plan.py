@@ -46,8 +46,8 @@ from stylejax.vgg import LAYERS, resolve_conv, uses_winograd
 from stylejax.weights import CONV_SPECS
 
 RUNTIME_OVERHEAD = {"lbfgs": 160 * 2**20, "optax-lbfgs": 160 * 2**20, "adam": 150 * 2**20}
-"""Fixed bytes for XLA's compiler and runtime per solver kind (measured, see the docstring;
-optax-lbfgs is assumed equal to lbfgs, not measured)."""
+"""Fixed bytes for XLA's runtime and the compiled program per solver kind (fitted, see the
+docstring; optax-lbfgs is assumed equal to lbfgs, not measured)."""
 LINE_SEARCH_IMAGES = 12
 """Image-sized temporaries of jaxopt's L-BFGS state and zoom line search."""
 STYLE_PASS_LAYERS = 5
@@ -123,7 +123,7 @@ def predict(cfg: LossConfig, scfg: SolverConfig, height: int, width: int,
         solver *= 2  # no buffer donation on CPU: input and output states coexist
     table = {"params": params, "activations": acts, "targets": targets, "solver": solver,
              "runtime": RUNTIME_OVERHEAD[scfg.kind]}
-    if resolve_conv(cfg.conv, platform) == "winograd":
+    if resolve_conv(cfg.conv, platform) == "winograd" and _winograd_bytes(cfg, shapes):
         table["winograd"] = _winograd_bytes(cfg, shapes)
     total = sum(table.values())
     if tile is not None and (height, width) != (full_h, full_w):

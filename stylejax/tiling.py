@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stylejax.errors import StylejaxError
+from stylejax.hostmem import compile_released
 from stylejax.losses import LossConfig, _content_targets, make_targets
 from stylejax.solvers import SolverConfig, init_state, run_epoch
 from stylejax.vgg import LAYERS, min_size
@@ -173,7 +174,7 @@ def stylize_tiled(vgg, content, style, cfg: LossConfig, *, tile: int,
 
     if (th, tw) == (h, w):  # one tile: exactly the untiled run, solver state carried
         targets = make_targets(vgg, content, styles, cfg, style_blend_weights)
-        state = init_state(scfg, vgg, x0, targets, cfg)
+        state = compile_released(init_state, scfg, vgg, x0, targets, cfg)(vgg, x0, targets)
         start = time.perf_counter()
         for epoch, state, loss in run_epochs(vgg, targets, cfg, scfg, state, epochs):
             result.grids.append([(0, 0)])
@@ -186,6 +187,7 @@ def stylize_tiled(vgg, content, style, cfg: LossConfig, *, tile: int,
     style_targets = _style_for_tiles(style_targets["style"], cfg, (th, tw), (h, w))
     rng = np.random.default_rng(seed)
     image = np.array(x0[0], np.float32)
+    init_fn = epoch_fn = None  # compiled at the first tile: every tile has its shape
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         grid = tile_grid(h, w, (th, tw), overlap, rng)
@@ -196,9 +198,13 @@ def stylize_tiled(vgg, content, style, cfg: LossConfig, *, tile: int,
             targets = {"content": _content_targets(
                 vgg, jnp.asarray(content[None, y:y + th, x:x + tw]), cfg),
                 "style": style_targets}
-            state = init_state(scfg, vgg, jnp.asarray(image[None, y:y + th, x:x + tw]),
-                               targets, cfg)
-            state = run_epoch(state, vgg, targets, cfg=cfg, scfg=scfg)
+            crop = jnp.asarray(image[None, y:y + th, x:x + tw])
+            if init_fn is None:
+                init_fn = compile_released(init_state, scfg, vgg, crop, targets, cfg)
+            state = init_fn(vgg, crop, targets)
+            if epoch_fn is None:
+                epoch_fn = compile_released(run_epoch, state, vgg, targets, cfg=cfg, scfg=scfg)
+            state = epoch_fn(state, vgg, targets)
             losses.append(float(state.value))
             if not math.isfinite(losses[-1]):
                 break

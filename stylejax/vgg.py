@@ -217,7 +217,7 @@ class Conv3x3(nn.Module):
     features: int
     dtype: jnp.dtype = jnp.float32
     relu: bool = False  # apply the ReLU too, fused (`conv3x3_relu`)
-    conv: str = "auto"  # one of `CONVS`; Winograd where `uses_winograd` says it pays
+    conv: str = "direct"  # one of `CONVS`; Winograd where `uses_winograd` says it pays
 
     @nn.compact
     def __call__(self, x):
@@ -242,7 +242,7 @@ class VGG19Features(nn.Module):
     layers: tuple[str, ...]
     pooling: str = "max"
     dtype: jnp.dtype = jnp.float32
-    conv: str = "auto"
+    conv: str = "direct"
 
     @nn.compact
     def __call__(self, x):
@@ -293,7 +293,7 @@ def check_layers(layers: Sequence[str]) -> tuple[str, ...]:
 
 
 def extract_features(vgg: Vgg19, images, layers: Sequence[str], pooling: str = "max",
-                     dtype=jnp.float32, conv: str = "auto") -> dict:
+                     dtype=jnp.float32, conv: str = "direct") -> dict:
     """VGG-19 activations of ``images`` at ``layers``.
 
     Args:
@@ -303,8 +303,10 @@ def extract_features(vgg: Vgg19, images, layers: Sequence[str], pooling: str = "
       layers: names from `LAYERS`, e.g. ``("relu1_1", "relu4_2")``.
       pooling: "max" (as trained) or "avg" (Gatys et al.'s choice for synthesis).
       dtype: activation dtype; float32 by default, bfloat16 for speed on GPU/TPU.
-      conv: "direct" (XLA's convolution), "winograd" (fewer FLOPs, faster on CPU; see
-        `stylejax.winograd`) or "auto" (Winograd on CPU, direct on GPU/TPU).
+      conv: "direct" (XLA's convolution; the default here, as a forward pass compiled for
+        one use gains nothing from Winograd), "winograd" (fewer FLOPs, faster on CPU; see
+        `stylejax.winograd`) or "auto" (Winograd on CPU, direct on GPU/TPU; the loss's
+        default, `LossConfig.conv`).
     Returns:
       ``{name: [N, h, w, C]}``, where h and w shrink by 2 after each pooling (floor).
     """

@@ -63,6 +63,8 @@ def test_which_layers_use_winograd():
     assert not vggmod.uses_winograd("winograd", x, k, jnp.bfloat16)
     assert not vggmod.uses_winograd("winograd", x, (3, 3, 64, 128), jnp.float32)
     assert not vggmod.uses_winograd("winograd", (1, 16, 16, 128), k, jnp.float32)
+    assert vggmod.uses_winograd("winograd", (1, 24, 24, 128), k, jnp.float32)  # >= 512 px
+    assert not vggmod.uses_winograd("winograd", (1, 22, 22, 128), k, jnp.float32)
     with pytest.raises(stylejax.StylejaxError, match="auto, direct or winograd"):
         LossConfig(conv="fft")
     with pytest.raises(stylejax.StylejaxError, match="auto, direct or winograd"):
@@ -82,7 +84,7 @@ def test_auto_is_winograd_on_cpu_only():
 
 
 def test_loss_with_winograd_matches_torch_float64(vgg, vgg_params):
-    """At 128 px conv2_2..conv3_4 (>= 32x32, >= 128 channels) run as Winograd."""
+    """At 128 px conv2_2..conv3_4 (>= 512 output pixels, >= 128 channels) run as Winograd."""
     assert vggmod.uses_winograd("winograd", (1, 64, 64, 128), (3, 3, 128, 128), jnp.float32)
     content, style = smooth_image(128, 128, seed=4), smooth_image(128, 128, seed=5)
     image = np.clip(content + np.random.default_rng(6).normal(0, 0.1, content.shape), 0, 1)
