@@ -62,7 +62,7 @@ def init_batch_state(scfg: SolverConfig, vgg, images, targets, cfg: LossConfig, 
     leaf with a leading N axis); the state's leaves gain that axis too. ``mesh``: see
     `stylejax.devices` (None: one device)."""
     images, targets = dev.constrain((images, targets), mesh)
-    return dev.constrain(_vmapped_init(scfg, vgg, images, targets, _for_mesh(cfg, mesh)), mesh)
+    return dev.constrain(_vmapped_init(scfg, vgg, images, targets, cfg), mesh)
 
 
 def _for_mesh(cfg: LossConfig, mesh) -> LossConfig:
