@@ -164,7 +164,13 @@ def stage_state(vgg, stage: Stage, cfg: LossConfig, scfg: SolverConfig, init, se
     x0 = initial_image(init, content, seed)
     if preserve_colors == "luminance":
         x0 = colour.luminance_image(x0)
-    return targets, compile_released(init_state, scfg, vgg, x0, targets, cfg)(vgg, x0, targets)
+    return targets, initial_state(scfg, vgg, x0, targets, cfg)
+
+
+def initial_state(scfg: SolverConfig, vgg, x0, targets, cfg: LossConfig):
+    """`solvers.init_state` at ``x0`` [1, H, W, 3], compiled ahead with the compiler's freed
+    heap released (`hostmem.compile_released`) before it runs."""
+    return compile_released(init_state, scfg, vgg, x0, targets, cfg)(vgg, x0, targets)
 
 
 def _check_masks(content, styles, content_masks, style_masks):

@@ -20,8 +20,8 @@ The model (bytes; E = 4 for float32 activations, 2 for bfloat16; image = H*W*3*4
 - ``winograd`` (where the run uses Winograd: ``conv="winograd"``, or "auto" on CPU): each
   Winograd layer keeps its transformed kernel (36 * Cin * Cout * 4) from the forward to the
   backward pass, and the largest one holds two tile buffers at once (2 * 36 * tiles *
-  max(Cin, Cout) * 4, tiles = ceil(h/4) * ceil(w/4)); measured 512 px: +366 MB RSS, this
-  term 356 MB.
+  max(Cin, Cout) * 4, tiles = ceil(h/4) * ceil(w/4)); measured 512 px: +283-328 MiB of
+  peak RSS over the direct convolution, this term 340 MiB.
 - ``runtime``: a fixed ``RUNTIME_OVERHEAD[kind]`` (XLA's runtime and the compiled program;
   the compiler's scratch heap is released before the run, `hostmem`). Fitted on CPU to the
   peak RSS growth of L-BFGS runs at 128 and 256 px, resp. Adam at 256 and 512 px, minus the
@@ -123,8 +123,8 @@ def predict(cfg: LossConfig, scfg: SolverConfig, height: int, width: int,
         solver *= 2  # no buffer donation on CPU: input and output states coexist
     table = {"params": params, "activations": acts, "targets": targets, "solver": solver,
              "runtime": RUNTIME_OVERHEAD[scfg.kind]}
-    if resolve_conv(cfg.conv, platform) == "winograd" and _winograd_bytes(cfg, shapes):
-        table["winograd"] = _winograd_bytes(cfg, shapes)
+    if resolve_conv(cfg.conv, platform) == "winograd" and (extra := _winograd_bytes(cfg, shapes)):
+        table["winograd"] = extra
     total = sum(table.values())
     if tile is not None and (height, width) != (full_h, full_w):
         table["host tiling buffers"] = 3 * full_h * full_w * 3 * 4 + full_h * full_w * 4

@@ -148,7 +148,7 @@ def stylize_tiled(vgg, content, style, cfg: LossConfig, *, tile: int,
     four image-sized float32 buffers on the host.
     """
     from stylejax.driver import (call_inputs, check_finite, colour_inputs, initial_image,
-                                 run_epochs, shown_image)
+                                 initial_state, run_epochs, shown_image)
 
     scfg, content, styles = call_inputs(epochs, preserve_colors, optimizer, max_iter, lr,
                                         history, content, style)
@@ -174,7 +174,7 @@ def stylize_tiled(vgg, content, style, cfg: LossConfig, *, tile: int,
 
     if (th, tw) == (h, w):  # one tile: exactly the untiled run, solver state carried
         targets = make_targets(vgg, content, styles, cfg, style_blend_weights)
-        state = compile_released(init_state, scfg, vgg, x0, targets, cfg)(vgg, x0, targets)
+        state = initial_state(scfg, vgg, x0, targets, cfg)
         start = time.perf_counter()
         for epoch, state, loss in run_epochs(vgg, targets, cfg, scfg, state, epochs):
             result.grids.append([(0, 0)])

@@ -130,7 +130,7 @@ content, style = smooth_image(128, 128, 11), smooth_image(64, 64, 12)
 targets = jax.tree.map(lambda a: np.asarray(a)[None],
                        stylejax.make_targets(vgg, content, style, cfg))
 scfg = stylejax.SolverConfig("lbfgs", iterations=1, history=2)
-# (The spatial mesh turns conv "auto" into direct: the unsharded reference runs that too.)
+# (Under a spatial mesh conv "auto" runs direct: the unsharded reference says so explicitly.)
 ref = batch.init_batch_state(scfg, vgg, jnp.asarray(content[None, None]),
                              jax.tree.map(jnp.asarray, targets),
                              stylejax.preset_config("johnson", conv="direct"))
