@@ -686,12 +686,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
 
 
-def enable_compilation_cache() -> None:
-    """Keeps compiled XLA programs in ``$STYLEJAX_CACHE/xla`` (default ``~/.cache/stylejax``),
-    so a second run with the same sizes and settings skips the first epoch's compilation."""
+def enable_compilation_cache(folder: Optional[Path] = None) -> None:
+    """Keeps compiled XLA programs in ``folder`` (default ``$STYLEJAX_CACHE/xla``, that is
+    ``~/.cache/stylejax/xla``), so a second run with the same sizes and settings skips the
+    first epoch's compilation. Programs that compiled in under a second are not kept."""
     from stylejax.convert import cache_dir
 
-    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
+    jax.config.update("jax_compilation_cache_dir", str(folder or cache_dir() / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 

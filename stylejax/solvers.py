@@ -28,6 +28,7 @@ import optax
 
 from stylejax.errors import StylejaxError
 from stylejax.losses import LossConfig, loss_fn
+from stylejax.vgg import with_winograd_kernels
 
 with warnings.catch_warnings():
     # jaxopt announces on import that it is no longer maintained; we know, and keep it
@@ -162,6 +163,7 @@ def run_epoch(state: SolverState, vgg, targets, *, cfg: LossConfig,
     ``state`` is donated: don't read it after the call. The returned ``value`` is the loss at
     the returned image (for Adam, at the image before the last update).
     """
+    vgg = with_winograd_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype)  # once, not per evaluation
     if scfg.kind == "lbfgs":
         return _jaxopt_epoch(state, vgg, targets, cfg, scfg)
     return _optax_epoch(state, vgg, targets, cfg, scfg)

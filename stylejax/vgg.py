@@ -104,7 +104,8 @@ libraries choose their own fast algorithms for a direct convolution)."""
 # counts >= 128 and at least 512 output pixels (~23x23). Below that the 36 small matmuls and
 # the transforms cost more than the 2.25-4x fewer multiplications save: 16x16 layers lost
 # (256 px: 380 -> 387 ms with them); 24x24 ones won (192 px: 300 -> 261 ms), 28x28 too.
-WINOGRAD_MIN_CHANNELS = 128
+WINOGRAD_MIN_IN = 64
+WINOGRAD_MIN_OUT = 128
 WINOGRAD_MIN_PIXELS = 512
 
 
@@ -130,33 +131,63 @@ def uses_winograd(conv: str, x_shape, kernel_shape, dtype) -> bool:
     bfloat16 its transforms lose too much). Only convolutions fused with their ReLU use it:
     one whose pre-activation the loss reads (e.g. ``conv4_2``) stays direct."""
     return (resolve_conv(conv) == "winograd" and jnp.dtype(dtype) == jnp.float32
-            and min(kernel_shape[2:]) >= WINOGRAD_MIN_CHANNELS
+            and kernel_shape[2] >= WINOGRAD_MIN_IN and kernel_shape[3] >= WINOGRAD_MIN_OUT
             and x_shape[1] * x_shape[2] >= WINOGRAD_MIN_PIXELS)
 
 
-@jax.custom_vjp
-def conv3x3_relu_winograd(x, kernel, bias):
+def conv3x3_relu_winograd(x, kernel, bias, u=None):
     """`conv3x3_relu` computed with Winograd F(4x4, 3x3): same values to ~1e-6 relative,
-    about 2.5x fewer FLOPs. The kernel transform is made once per call and kept for the
-    backward pass, which is the exact transpose of the forward algorithm."""
-    return _winograd_fwd(x, kernel, bias)[0]
+    about 2.5x fewer FLOPs. ``u`` is the kernel's Winograd form [36, Cin, Cout]
+    (`winograd.transform_kernel`), made here if not given; the backward pass, the exact
+    transpose of the forward algorithm, reuses it."""
+    if u is None:
+        u = winograd.transform_kernel(kernel)
+    return _winograd_relu(x, kernel, bias, u)
 
 
-def _winograd_fwd(x, kernel, bias):
-    u = winograd.transform_kernel(kernel)
+@jax.custom_vjp
+def _winograd_relu(x, kernel, bias, u):
+    return _winograd_fwd(x, kernel, bias, u)[0]
+
+
+def _winograd_fwd(x, kernel, bias, u):
     y = jax.nn.relu(winograd.conv3x3(x, u) + bias)
     return y, (x, kernel, y, u)
 
 
 def _winograd_bwd(res, g):
+    # The kernel's whole gradient is given directly (by the direct convolution's rule), so
+    # none flows back through ``u``: its cotangent is zero, whoever made it.
     x, kernel, y, u = res
     g = jnp.where(y > 0, g, jnp.zeros_like(g))
     _, kernel_vjp = jax.vjp(lambda k: _conv(x, k), kernel)  # dropped unless asked for
     return (winograd.conv3x3_input_grad(g, u), kernel_vjp(g)[0],
-            g.sum(axis=tuple(range(g.ndim - 1))))
+            g.sum(axis=tuple(range(g.ndim - 1))), jnp.zeros_like(u))
 
 
-conv3x3_relu_winograd.defvjp(_winograd_fwd, _winograd_bwd)
+_winograd_relu.defvjp(_winograd_fwd, _winograd_bwd)
+
+
+def with_winograd_kernels(vgg: Vgg19, layers: Sequence[str], conv: str,
+                          dtype=jnp.float32) -> Vgg19:
+    """``vgg`` with the Winograd form [36, Cin, Cout] of each kernel that may run as
+    Winograd for ``layers`` under ``conv`` (as ``params[name]["winograd"]``), or ``vgg``
+    itself where none may.
+
+    A loop that evaluates the loss many times (an epoch of solver iterations) calls this once
+    before it, so that each evaluation does not transform the kernels again: at 192 px the
+    transforms are a quarter of a CPU value+grad. The extra entries are ignored by
+    everything else and dropped by any ``vgg.replace(params=...)``.
+    """
+    if resolve_conv(conv) != "winograd" or jnp.dtype(dtype) != jnp.float32:
+        return vgg
+    deepest = max(LAYERS.index(name) for name in check_layers(layers))
+    params = dict(vgg.params)
+    for name, cin, cout in CONV_SPECS:
+        if LAYERS.index(name) < deepest and cin >= WINOGRAD_MIN_IN and cout >= WINOGRAD_MIN_OUT:
+            params[name] = {**params[name],
+                            "winograd": winograd.transform_kernel(params[name]["kernel"])}
+    return vgg.replace(params=params)
 
 
 def pool2x2(x, pooling: str):
@@ -226,7 +257,9 @@ class Conv3x3(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
         if self.relu and uses_winograd(self.conv, x.shape, kernel.shape, self.dtype):
-            return conv3x3_relu_winograd(x, kernel, bias)
+            u = (self.get_variable("params", "winograd")
+                 if self.has_variable("params", "winograd") else None)
+            return conv3x3_relu_winograd(x, kernel, bias, u)
         if self.relu:
             return conv3x3_relu(x, kernel, bias)
         return conv3x3(x, kernel) + bias
