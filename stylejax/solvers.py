@@ -80,6 +80,13 @@ def _objective(vgg, targets, cfg: LossConfig):
     return lambda x: loss_fn(vgg, x, targets, cfg)
 
 
+@functools.partial(jax.jit, static_argnames="cfg")
+def _value_and_grad(vgg, x, targets, cfg: LossConfig):
+    # Jitted so that jaxopt's line search, which calls it in three places, traces and lowers
+    # it once (XLA still compiles each call site).
+    return jax.value_and_grad(loss_fn, argnums=1)(vgg, x, targets, cfg)
+
+
 def _jaxopt_lbfgs(scfg: SolverConfig, cfg: LossConfig):
     # Line-search settings chosen by measurement (see README, "Performance"):
     # linesearch_init="max" tries the full quasi-Newton step (1) first at every iteration,
@@ -87,8 +94,8 @@ def _jaxopt_lbfgs(scfg: SolverConfig, cfg: LossConfig):
     # accepted step, so after one short step it needs many iterations to grow back to 1.
     fixed = scfg.lr > 0
     return jaxopt.LBFGS(
-        fun=lambda x, vgg, targets: loss_fn(vgg, x, targets, cfg),
-        maxiter=scfg.iterations, history_size=scfg.history, tol=0.0,
+        fun=lambda x, vgg, targets: _value_and_grad(vgg, x, targets, cfg),
+        value_and_grad=True, maxiter=scfg.iterations, history_size=scfg.history, tol=0.0,
         stepsize=scfg.lr if fixed else 0.0, linesearch="zoom", linesearch_init="max",
         max_stepsize=1.0, maxls=scfg.maxls)
 

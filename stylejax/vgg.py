@@ -100,10 +100,11 @@ CONVS = ("auto", "direct", "winograd")
 "auto": Winograd where JAX's default backend is the CPU, direct elsewhere (GPU and TPU
 libraries choose their own fast algorithms for a direct convolution)."""
 
-# Where Winograd pays on a 2-core CPU (measured in the whole value+grad): both channel
-# counts >= 128 and at least 512 output pixels (~23x23). Below that the 36 small matmuls and
-# the transforms cost more than the 2.25-4x fewer multiplications save: 16x16 layers lost
-# (256 px: 380 -> 387 ms with them); 24x24 ones won (192 px: 300 -> 261 ms), 28x28 too.
+# Where Winograd pays on a 2-core CPU (measured in the whole value+grad, kernels transformed
+# ahead as the solver's epochs have them): at least 64 input and 128 output channels (conv2_1
+# on; conv1_2's 64 -> 64 lost: 256 px, 48 -> 68 ms alone) and at least 512 output pixels
+# (~23x23). Adding conv2_1: 192 px 206 -> 196 ms, 512 px 1240 -> 1212 ms. Below 512 pixels
+# the layers win alone but the whole step loses (192 px: 196 -> 202 ms with them).
 WINOGRAD_MIN_IN = 64
 WINOGRAD_MIN_OUT = 128
 WINOGRAD_MIN_PIXELS = 512
@@ -182,12 +183,16 @@ def with_winograd_kernels(vgg: Vgg19, layers: Sequence[str], conv: str,
     if resolve_conv(conv) != "winograd" or jnp.dtype(dtype) != jnp.float32:
         return vgg
     deepest = max(LAYERS.index(name) for name in check_layers(layers))
-    params = dict(vgg.params)
-    for name, cin, cout in CONV_SPECS:
-        if LAYERS.index(name) < deepest and cin >= WINOGRAD_MIN_IN and cout >= WINOGRAD_MIN_OUT:
-            params[name] = {**params[name],
-                            "winograd": winograd.transform_kernel(params[name]["kernel"])}
-    return vgg.replace(params=params)
+    names = [name for name, cin, cout in CONV_SPECS if LAYERS.index(name) < deepest
+             and cin >= WINOGRAD_MIN_IN and cout >= WINOGRAD_MIN_OUT]
+    done = _transform_kernels({name: vgg.params[name]["kernel"] for name in names})
+    return vgg.replace(params={name: {**p, "winograd": done[name]} if name in done else p
+                               for name, p in vgg.params.items()})
+
+
+# One compiled program: called outside a jit, op by op, the transforms' many intermediates
+# left 120-140 MB more heap mapped at a 512 px step's peak.
+_transform_kernels = jax.jit(lambda kernels: jax.tree.map(winograd.transform_kernel, kernels))
 
 
 def pool2x2(x, pooling: str):

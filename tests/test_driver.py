@@ -32,10 +32,14 @@ def image_files(tmp_path_factory):
 
 
 def test_stylize_cli_writes_snapshots_sheet_and_log(tmp_path, weights_path, image_files):
-    out = tmp_path / "run"
+    out, cache = tmp_path / "run", tmp_path / "cache"
     r = run_cli("stylize.py", *image_files, "--weights", weights_path, "--size", 64,
-                "--epochs", 4, "--max-iter", 3, "--snapshot-every", 2, "--out", out)
+                "--epochs", 4, "--max-iter", 3, "--snapshot-every", 2, "--out", out,
+                env={"STYLEJAX_CACHE": str(cache)})
     assert r.returncode == 0, r.stderr
+    # Compiled programs are kept for the next run (the epoch and the first state among them).
+    kept = {p.name.split("-")[0] for p in (cache / "xla").iterdir()}
+    assert {"jit_run_epoch", "jit_init_state"} <= kept, kept
     names = sorted(p.name for p in out.iterdir())
     assert names == ["checkpoint.msgpack", "contact_sheet.png", "final.png", "losses.csv", "losses.json",
                      "snapshot_0002.png", "snapshot_0004.png"]
