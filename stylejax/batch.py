@@ -38,6 +38,7 @@ from stylejax.errors import StylejaxError
 from stylejax.hostmem import compile_released
 from stylejax.losses import LossConfig, make_targets
 from stylejax.solvers import SolverConfig, init_state, run_epoch
+from stylejax.vgg import with_winograd_kernels
 
 
 @dataclass
@@ -113,6 +114,7 @@ def _lbfgs_epoch(state, vgg, targets, cfg, scfg):
     `_shared_vgg_value_and_grad`."""
     from stylejax.solvers import SolverState, _jaxopt_lbfgs
 
+    vgg = with_winograd_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype)  # as run_epoch does
     solver = dataclasses.replace(_jaxopt_lbfgs(scfg, cfg), value_and_grad=True,
                                  fun=_shared_vgg_value_and_grad(vgg, cfg))
 
