@@ -5,15 +5,17 @@
 
 Prints a table (and writes JSON with --json) of: value+grad time at each size against
 PyTorch (same formulas, same random weights, float32, same thread count, interleaved,
-best of N); the FLOP/s our step achieves against a large XLA f32 matmul on the same device;
-compile time of the first epoch and steady time per L-BFGS iteration; time for each of our
-optimizers to reach the loss torch.optim.LBFGS reaches in 200 iterations; and peak memory
-(RSS on CPU, device statistics on GPU) of each side, each measured in a fresh subprocess.
-Weights are random (He-initialised): timings do not depend on their values. torch is a
-benchmark-only dependency. Images: tubingen.jpg and starry_night.jpg from
-$STYLEJAX_BENCH_IMAGES or ../shared/images, else synthetic. About 8 minutes on a 2-core CPU
+best of N; ours with the kernels in Winograd's domain, as every solver epoch has them); the
+FLOP/s our step achieves against a large XLA f32 matmul on the same device; compile time of
+the first epoch and steady time per L-BFGS iteration; time for each of our optimizers to reach
+the loss torch.optim.LBFGS reaches in 200 iterations, each run compiling its own programs
+(and the default once more with them in the compilation cache, as the CLI's second run finds
+them); and peak memory (RSS on CPU, device statistics on GPU) of each side, each measured in
+a fresh subprocess. Weights are random (He-initialised): timings do not depend on their
+values. torch is a benchmark-only dependency. Images: tubingen.jpg and starry_night.jpg from
+$STYLEJAX_BENCH_IMAGES or ../shared/images, else synthetic. About 9 minutes on a 2-core CPU
 (the time-to-loss race is run at 192 px so that everything fits in 10 minutes there;
-`--converge-size 256` adds about 4 minutes).
+`--converge-size 256` adds about 5 minutes).
 """
 
 from __future__ import annotations
