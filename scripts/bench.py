@@ -133,9 +133,9 @@ def value_and_grad_race(vgg, np_params, size, repeats, dtype="float32", conv="di
     targets = stylejax.make_targets(vgg, content, style, cfg)
     # The loss as the solver evaluates it: every epoch takes the kernels to the Winograd
     # domain once, before its iterations (a no-op for the direct convolution).
-    vgg = with_winograd_kernels(vgg, cfg.layers, conv, dtype)
-    vg = jax.jit(jax.value_and_grad(stylejax.loss_fn, argnums=1), static_argnames="cfg")
     x = jnp.asarray(content[None])
+    vgg = with_winograd_kernels(vgg, cfg.layers, conv, dtype, x.shape)
+    vg = jax.jit(jax.value_and_grad(stylejax.loss_fn, argnums=1), static_argnames="cfg")
     jax.block_until_ready(vg(vgg, x, targets, cfg=cfg))
     torch, tloss, x0, sync = torch_setup(np_params, content, style, cfg)
     xt = x0.clone().requires_grad_(True)

@@ -43,7 +43,7 @@ def main(side, size, conv="direct"):
         vg = jax.jit(jax.value_and_grad(stylejax.loss_fn, argnums=1), static_argnames="cfg")
         x = jnp.asarray(content)
         # Kernels in the Winograd domain once, as every solver epoch has them.
-        vgg = with_winograd_kernels(vgg, cfg.layers, cfg.conv)
+        vgg = with_winograd_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype, x.shape)
         # Compiled ahead and the compiler's freed heap released, as the driver's epochs are.
         vg = compile_released(vg, vgg, x, targets, cfg=cfg)
         for _ in range(2):

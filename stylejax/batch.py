@@ -69,7 +69,8 @@ def init_batch_state(scfg: SolverConfig, vgg, images, targets, cfg: LossConfig, 
 def _for_mesh(cfg: LossConfig, mesh) -> LossConfig:
     """``cfg``, with ``conv="auto"`` made direct when ``mesh`` splits the image rows: XLA's
     partitioner exchanges a direct convolution's halos between neighbours, but gathers whole
-    activations around Winograd's overlapping tile windows (6 all-gathers at 128 px)."""
+    activations around Winograd's overlapping tile windows (6 all-gathers at 128 px when
+    measured)."""
     if mesh is not None and mesh.shape[dev.SPACE] > 1 and cfg.conv == "auto":
         return dataclasses.replace(cfg, conv="direct")
     return cfg
@@ -114,7 +115,8 @@ def _lbfgs_epoch(state, vgg, targets, cfg, scfg):
     `_shared_vgg_value_and_grad`."""
     from stylejax.solvers import SolverState, _jaxopt_lbfgs
 
-    vgg = with_winograd_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype)  # as run_epoch does
+    vgg = with_winograd_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype,  # as run_epoch does
+                                state.image.shape)
     solver = dataclasses.replace(_jaxopt_lbfgs(scfg, cfg), value_and_grad=True,
                                  fun=_shared_vgg_value_and_grad(vgg, cfg))
 

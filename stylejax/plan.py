@@ -18,8 +18,8 @@ The model (bytes; E = 4 for float32 activations, 2 for bfloat16; image = H*W*3*4
   On CPU, XLA cannot reuse the donated input state, so the epoch's input and output states
   both exist at the end of the call: the solver term counts twice there.
 - ``winograd`` (where the run uses Winograd: ``conv="winograd"``, or "auto" on CPU): each
-  Winograd layer keeps its transformed kernel (36 * Cin * Cout * 4) from the forward to the
-  backward pass, and the largest one holds two tile buffers at once (2 * 36 * tiles *
+  Winograd layer's transformed kernel (36 * Cin * Cout * 4; made once per epoch and kept
+  while it runs), and the largest one holds two tile buffers at once (2 * 36 * tiles *
   max(Cin, Cout) * 4, tiles = ceil(h/4) * ceil(w/4)); measured 512 px: +283-328 MiB of
   peak RSS over the direct convolution, this term 340 MiB.
 - ``runtime``: a fixed ``RUNTIME_OVERHEAD[kind]`` (XLA's runtime and the compiled program;

@@ -170,7 +170,8 @@ def run_epoch(state: SolverState, vgg, targets, *, cfg: LossConfig,
     ``state`` is donated: don't read it after the call. The returned ``value`` is the loss at
     the returned image (for Adam, at the image before the last update).
     """
-    vgg = with_winograd_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype)  # once, not per evaluation
+    vgg = with_winograd_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype,  # once, not per
+                                state.image.shape)  # evaluation
     if scfg.kind == "lbfgs":
         return _jaxopt_epoch(state, vgg, targets, cfg, scfg)
     return _optax_epoch(state, vgg, targets, cfg, scfg)

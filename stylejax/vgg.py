@@ -158,36 +158,54 @@ def _winograd_fwd(x, kernel, bias, u):
 
 def _winograd_bwd(res, g):
     # The kernel's whole gradient is given directly (by the direct convolution's rule), so
-    # none flows back through ``u``: its cotangent is zero, whoever made it.
+    # none flows back through ``u`` (None: a symbolic zero, no work), whoever made it.
     x, kernel, y, u = res
     g = jnp.where(y > 0, g, jnp.zeros_like(g))
     _, kernel_vjp = jax.vjp(lambda k: _conv(x, k), kernel)  # dropped unless asked for
     return (winograd.conv3x3_input_grad(g, u), kernel_vjp(g)[0],
-            g.sum(axis=tuple(range(g.ndim - 1))), jnp.zeros_like(u))
+            g.sum(axis=tuple(range(g.ndim - 1))), None)
 
 
 _winograd_relu.defvjp(_winograd_fwd, _winograd_bwd)
 
 
 def with_winograd_kernels(vgg: Vgg19, layers: Sequence[str], conv: str,
-                          dtype=jnp.float32) -> Vgg19:
-    """``vgg`` with the Winograd form [36, Cin, Cout] of each kernel that may run as
-    Winograd for ``layers`` under ``conv`` (as ``params[name]["winograd"]``), or ``vgg``
-    itself where none may.
+                          dtype=jnp.float32, image_shape=None) -> Vgg19:
+    """``vgg`` with the Winograd form [36, Cin, Cout] of each kernel that runs as Winograd
+    for ``layers`` under ``conv`` (as ``params[name]["winograd"]``), or ``vgg`` itself where
+    none does. ``image_shape`` ([N, H, W, 3], [H, W, 3] or (H, W)) of the images the loss will see
+    leaves out the layers too small for Winograd; without it they are made too (unused: in a
+    jitted function XLA drops them, outside one they take memory).
 
     A loop that evaluates the loss many times (an epoch of solver iterations) calls this once
-    before it, so that each evaluation does not transform the kernels again: at 192 px the
-    transforms are a quarter of a CPU value+grad. The extra entries are ignored by
-    everything else and dropped by any ``vgg.replace(params=...)``.
+    before it, so that each evaluation does not transform the kernels again: 7-20% of a CPU
+    value+grad at 512-192 px. The entries are used instead of the kernels and get a zero
+    gradient: make them again after changing the kernels, and don't train a prepared bundle.
     """
     if resolve_conv(conv) != "winograd" or jnp.dtype(dtype) != jnp.float32:
         return vgg
-    deepest = max(LAYERS.index(name) for name in check_layers(layers))
-    names = [name for name, cin, cout in CONV_SPECS if LAYERS.index(name) < deepest
-             and cin >= WINOGRAD_MIN_IN and cout >= WINOGRAD_MIN_OUT]
+    layers = check_layers(layers)
+    deepest = max(LAYERS.index(name) for name in layers)
+    names = [name for name, cin, cout in CONV_SPECS
+             if LAYERS.index(name) < deepest and name not in layers  # fused with its ReLU
+             and uses_winograd(conv, _layer_input(name, cin, image_shape), (3, 3, cin, cout),
+                               dtype)]
+    if not names:
+        return vgg
     done = _transform_kernels({name: vgg.params[name]["kernel"] for name in names})
     return vgg.replace(params={name: {**p, "winograd": done[name]} if name in done else p
                                for name, p in vgg.params.items()})
+
+
+def _layer_input(name: str, channels: int, image_shape) -> tuple[int, int, int, int]:
+    """The [1, h, w, C] input of conv layer ``name`` for images of ``image_shape`` (big
+    enough for any layer when None)."""
+    if image_shape is None:
+        return (1, 1 << 16, 1 << 16, channels)
+    h, w = tuple(image_shape)[-3:-1] if len(image_shape) > 2 else tuple(image_shape)
+    for _ in range(int(name[4]) - 1):  # block B follows B - 1 poolings
+        h, w = h // 2, w // 2
+    return (1, h, w, channels)
 
 
 # One compiled program: called outside a jit, op by op, the transforms' many intermediates
