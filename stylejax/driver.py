@@ -385,8 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conv", choices=CONVS, default="auto",
                    help="convolution algorithm: winograd (F(4x4,3x3) on the layers with >= 64 "
                         "input and >= 128 output channels and >= 512 output pixels; float32 "
-                        "only; about 1.8x faster on CPU), direct, or auto (default: winograd on CPU, direct on "
-                        "GPU/TPU and in bf16)")
+                        "only; about 1.8x faster on CPU), direct, or auto (default: winograd "
+                        "on CPU, direct on GPU/TPU and in bf16)")
     p.add_argument("--max-pixels", type=int, default=imageio.DEFAULT_MAX_PIXELS,
                    help="refuse input images with more pixels than this")
     # Many images and several devices: see stylejax/batch.py and stylejax/devices.py.
