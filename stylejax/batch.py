@@ -113,19 +113,12 @@ def _lbfgs_epoch(state, vgg, targets, cfg, scfg):
     """One pair's jaxopt L-BFGS epoch, as `solvers.run_epoch`'s (same solver settings, from
     the solver's private `_jaxopt_lbfgs`), with the objective of
     `_shared_vgg_value_and_grad`."""
-    from stylejax.solvers import SolverState, _jaxopt_lbfgs
+    from stylejax.solvers import _jaxopt_iterations, _jaxopt_lbfgs
 
     vgg = with_winograd_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype,  # as run_epoch does
                                 state.image.shape)
-    solver = dataclasses.replace(_jaxopt_lbfgs(scfg, cfg), value_and_grad=True,
-                                 fun=_shared_vgg_value_and_grad(vgg, cfg))
-
-    def body(_, carry):
-        x, inner = carry
-        return tuple(solver.update(x, inner, targets))
-
-    x, inner = jax.lax.fori_loop(0, scfg.iterations, body, (state.image, state.inner))
-    return SolverState(x, inner, inner.value)
+    solver = _jaxopt_lbfgs(scfg, _shared_vgg_value_and_grad(vgg, cfg))
+    return _jaxopt_iterations(solver, state, scfg.iterations, targets)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "scfg", "mesh"), donate_argnames=("state",))

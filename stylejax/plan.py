@@ -15,17 +15,18 @@ The model (bytes; E = 4 for float32 activations, 2 for bfloat16; image = H*W*3*4
   style layer: the target and the current image's).
 - ``solver``: L-BFGS keeps 2 * history image-sized vectors (s and y); its state and zoom line
   search hold ``LINE_SEARCH_IMAGES`` more image-sized temporaries. Adam: ``ADAM_IMAGES``.
-  On CPU, XLA cannot reuse the donated input state, so the epoch's input and output states
-  both exist at the end of the call: the solver term counts twice there.
+  (This term used to count twice on CPU, read as "no donation"; it was jaxopt's stock line
+  search, whose program made XLA copy both histories inside the loop. `linesearch` removed
+  it: 512 px peak 1,805-1,850 -> 1,234-1,243 MiB.)
 - ``winograd`` (where the run uses Winograd: ``conv="winograd"``, or "auto" on CPU): each
   Winograd layer's transformed kernel (36 * Cin * Cout * 4; made once per epoch and kept
   while it runs), and the largest one holds two tile buffers at once (2 * 36 * tiles *
-  max(Cin, Cout) * 4, tiles = ceil(h/4) * ceil(w/4)); measured 512 px: +283-328 MiB of
-  peak RSS over the direct convolution, this term 340 MiB.
+  max(Cin, Cout) * 4, tiles = ceil(h/4) * ceil(w/4)); measured over the direct convolution:
+  512 px +319-353 MiB of peak RSS, this term 341 MiB; 256 px +12-33 MiB, this term 197 MiB.
 - ``runtime``: a fixed ``RUNTIME_OVERHEAD[kind]`` (XLA's runtime and the compiled program;
   the compiler's scratch heap is released before the run, `hostmem`). Fitted on CPU to the
-  peak RSS growth of L-BFGS runs at 128 and 256 px, resp. Adam at 256 and 512 px, minus the
-  terms above, splitting the error between the two.
+  peak RSS growth of runs minus the terms above: L-BFGS at 128-512 px, direct and Winograd
+  (errors -17% to +20%), Adam at 256 and 512 px.
 - with tiling, everything above is for one tile, and ``host tiling buffers`` adds the full-size
   image, content, blend sum (3 * image) and weights (H*W*4) kept in host memory; the peak is
   the larger of the tiles' phase and the one-off style pass over the full-size style image
@@ -45,7 +46,7 @@ from stylejax.solvers import SolverConfig
 from stylejax.vgg import LAYERS, resolve_conv, uses_winograd
 from stylejax.weights import CONV_SPECS
 
-RUNTIME_OVERHEAD = {"lbfgs": 160 * 2**20, "optax-lbfgs": 160 * 2**20, "adam": 150 * 2**20}
+RUNTIME_OVERHEAD = {"lbfgs": 220 * 2**20, "optax-lbfgs": 220 * 2**20, "adam": 150 * 2**20}
 """Fixed bytes for XLA's runtime and the compiled program per solver kind (fitted, see the
 docstring; optax-lbfgs is assumed equal to lbfgs, not measured)."""
 LINE_SEARCH_IMAGES = 12
@@ -119,8 +120,6 @@ def predict(cfg: LossConfig, scfg: SolverConfig, height: int, width: int,
     if platform is None:
         import jax
         platform = jax.default_backend()
-    if platform == "cpu":
-        solver *= 2  # no buffer donation on CPU: input and output states coexist
     table = {"params": params, "activations": acts, "targets": targets, "solver": solver,
              "runtime": RUNTIME_OVERHEAD[scfg.kind]}
     if resolve_conv(cfg.conv, platform) == "winograd" and (extra := _winograd_bytes(cfg, shapes)):

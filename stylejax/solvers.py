@@ -10,7 +10,7 @@ twice equal 2k iterations once. Backends:
 
 - ``lbfgs``: jaxopt's `LBFGS` (the default). ``lr > 0`` takes fixed steps of that size along
   the L-BFGS direction (as the seed repository); ``lr == 0`` uses jaxopt's zoom (strong
-  Wolfe) line search.
+  Wolfe) line search, its steps taken with one objective call site (`linesearch`).
 - ``optax-lbfgs``: optax's `lbfgs` (maintained; zoom line search).
 - ``adam``: optax's Adam with learning rate ``lr`` (in [0, 1] image units).
 """
@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from stylejax.errors import StylejaxError
+from stylejax.linesearch import OneEvaluationZoom
 from stylejax.losses import LossConfig, loss_fn
 from stylejax.vgg import with_winograd_kernels
 
@@ -82,22 +83,30 @@ def _objective(vgg, targets, cfg: LossConfig):
 
 @functools.partial(jax.jit, static_argnames="cfg")
 def _value_and_grad(vgg, x, targets, cfg: LossConfig):
-    # Jitted so that jaxopt's line search, which calls it in three places, traces and lowers
-    # it once (XLA still compiles each call site).
+    # Jitted so that jaxopt's L-BFGS, which calls it at its initial state and in its line
+    # search, traces and lowers it once.
     return jax.value_and_grad(loss_fn, argnums=1)(vgg, x, targets, cfg)
 
 
-def _jaxopt_lbfgs(scfg: SolverConfig, cfg: LossConfig):
-    # Line-search settings chosen by measurement (see README, "Performance"):
-    # linesearch_init="max" tries the full quasi-Newton step (1) first at every iteration,
-    # as torch's L-BFGS does. jaxopt's default "increase" restarts from 1.5x the previous
-    # accepted step, so after one short step it needs many iterations to grow back to 1.
-    fixed = scfg.lr > 0
-    return jaxopt.LBFGS(
-        fun=lambda x, vgg, targets: _value_and_grad(vgg, x, targets, cfg),
-        value_and_grad=True, maxiter=scfg.iterations, history_size=scfg.history, tol=0.0,
-        stepsize=scfg.lr if fixed else 0.0, linesearch="zoom", linesearch_init="max",
-        max_stepsize=1.0, maxls=scfg.maxls)
+def _objective_value_and_grad(cfg: LossConfig):
+    """``f(x, vgg, targets) -> (loss, d loss / d x)``: jaxopt's argument order."""
+    return lambda x, vgg, targets: _value_and_grad(vgg, x, targets, cfg)
+
+
+def _jaxopt_lbfgs(scfg: SolverConfig, value_and_grad):
+    """jaxopt's L-BFGS on ``value_and_grad(x, *args) -> (loss, d loss / d x)``."""
+    if scfg.lr > 0:
+        return jaxopt.LBFGS(fun=value_and_grad, value_and_grad=True, maxiter=scfg.iterations,
+                            history_size=scfg.history, tol=0.0, stepsize=scfg.lr)
+    # Line-search settings chosen by measurement (see README, "Performance"): the first
+    # trial step is the full quasi-Newton step (1) at every iteration, as torch's L-BFGS
+    # does. jaxopt's default ("increase") restarts from 1.5x the previous accepted step, so
+    # after one short step it needs many iterations to grow back to 1.
+    search = OneEvaluationZoom(fun=value_and_grad, value_and_grad=True, maxiter=scfg.maxls,
+                               max_stepsize=1.0)
+    return jaxopt.LBFGS(fun=value_and_grad, value_and_grad=True, maxiter=scfg.iterations,
+                        history_size=scfg.history, tol=0.0, linesearch=search,
+                        linesearch_init="max", max_stepsize=1.0)
 
 
 def _optax_tx(scfg: SolverConfig):
@@ -118,7 +127,8 @@ def init_state(scfg: SolverConfig, vgg, image, targets, cfg: LossConfig) -> Solv
     image = jnp.asarray(image, jnp.float32)
     cfg = dataclasses.replace(cfg, conv="direct")
     if scfg.kind == "lbfgs":
-        inner = _jaxopt_lbfgs(scfg, cfg).init_state(image, vgg, targets)
+        inner = _jaxopt_lbfgs(scfg, _objective_value_and_grad(cfg)).init_state(image, vgg,
+                                                                                targets)
         # The first iteration has no curvature pairs yet; like torch's L-BFGS, scale the
         # steepest-descent step by min(1, 1/|g|_1) instead of stepping the raw gradient.
         gamma = jnp.minimum(1.0, 1.0 / jnp.sum(jnp.abs(inner.grad)))
@@ -128,14 +138,14 @@ def init_state(scfg: SolverConfig, vgg, image, targets, cfg: LossConfig) -> Solv
     return SolverState(image, inner, loss_fn(vgg, image, targets, cfg))
 
 
-def _jaxopt_epoch(state, vgg, targets, cfg, scfg):
-    solver = _jaxopt_lbfgs(scfg, cfg)
-
+def _jaxopt_iterations(solver, state: SolverState, iterations: int, *args) -> SolverState:
+    """``iterations`` of ``solver`` (from `_jaxopt_lbfgs`) from ``state``; ``args`` go to its
+    objective."""
     def body(_, carry):
         x, inner = carry
-        return tuple(solver.update(x, inner, vgg, targets))
+        return tuple(solver.update(x, inner, *args))
 
-    x, inner = jax.lax.fori_loop(0, scfg.iterations, body, (state.image, state.inner))
+    x, inner = jax.lax.fori_loop(0, iterations, body, (state.image, state.inner))
     return SolverState(x, inner, inner.value)
 
 
@@ -173,5 +183,6 @@ def run_epoch(state: SolverState, vgg, targets, *, cfg: LossConfig,
     vgg = with_winograd_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype,  # once, not per
                                 state.image.shape)  # evaluation
     if scfg.kind == "lbfgs":
-        return _jaxopt_epoch(state, vgg, targets, cfg, scfg)
+        return _jaxopt_iterations(_jaxopt_lbfgs(scfg, _objective_value_and_grad(cfg)), state,
+                                  scfg.iterations, vgg, targets)
     return _optax_epoch(state, vgg, targets, cfg, scfg)

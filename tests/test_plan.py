@@ -28,7 +28,7 @@ def test_components_follow_the_shapes():
     short = plan.predict(CFG, SolverConfig("lbfgs", history=5), 256, 256, platform="gpu")
     assert b["solver"] - short["solver"] == 2 * 95 * image
     cpu = plan.predict(CFG, SolverConfig("lbfgs", history=100), 256, 256, platform="cpu")
-    assert cpu["solver"] == 2 * b["solver"]  # no donation on CPU
+    assert cpu["solver"] == b["solver"]
     assert "winograd" not in b and cpu["winograd"] > 0  # conv "auto": Winograd on CPU only
     adam = plan.predict(CFG, SolverConfig("adam"), 256, 256, platform="gpu")
     assert adam["solver"] == plan.ADAM_IMAGES * image
@@ -45,7 +45,7 @@ def test_tiles_bound_the_device_memory():
     whole = plan.predict(CFG, scfg, 2048, 2048, platform="cpu")
     assert t1["activations"] == t2["activations"] and t1["solver"] == t2["solver"]
     assert t2["host tiling buffers"] == 4 * t1["host tiling buffers"]
-    assert t1["total"] < whole["total"] / 4  # the one-off style pass bounds it from below
+    assert t1["total"] < whole["total"] / 3  # the one-off style pass bounds it from below
 
 
 def test_refuses_with_the_figures_and_what_to_change():
