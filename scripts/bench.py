@@ -41,9 +41,8 @@ import numpy as np  # noqa: E402
 
 import stylejax  # noqa: E402
 from stylejax import images as imageio  # noqa: E402
-from stylejax.driver import enable_compilation_cache  # noqa: E402
-from stylejax.hostmem import compile_released  # noqa: E402
-from stylejax.solvers import SolverConfig, init_state, run_epoch  # noqa: E402
+from stylejax.driver import compiled_epoch, enable_compilation_cache  # noqa: E402
+from stylejax.solvers import SolverConfig, init_state  # noqa: E402
 from stylejax.vgg import LAYERS, resolve_conv, with_winograd_kernels  # noqa: E402
 from stylejax.weights import CAFFE, CONV_SPECS, Vgg19  # noqa: E402
 
@@ -165,12 +164,12 @@ def epoch_timing(vgg, size, iterations, conv="direct"):
     scfg = SolverConfig("lbfgs", iterations=iterations)
     start = time.perf_counter()
     state = init_state(scfg, vgg, jnp.asarray(content[None]), targets, cfg)
-    compiled = compile_released(run_epoch, state, vgg, targets, cfg=cfg, scfg=scfg)
+    epoch = compiled_epoch(vgg, targets, cfg, scfg, state)
     compile_s = time.perf_counter() - start
-    state = compiled(state, vgg, targets)
+    state = epoch(state)
     float(state.value)
     start = time.perf_counter()
-    state = compiled(state, vgg, targets)
+    state = epoch(state)
     float(state.value)
     per_iter = (time.perf_counter() - start) / iterations
     return {"size": size, "conv": conv, "compile_s": compile_s, "per_iteration_s": per_iter,
@@ -241,8 +240,8 @@ def _compiled_epoch(vgg, content, style, x0, cfg, scfg):
     start = time.perf_counter()
     targets = stylejax.make_targets(vgg, content, style, cfg)
     state = init_state(scfg, vgg, jnp.asarray(x0[None]), targets, cfg)
-    compiled = compile_released(run_epoch, state, vgg, targets, cfg=cfg, scfg=scfg)
-    return state, (lambda st: compiled(st, vgg, targets)), time.perf_counter() - start
+    epoch = compiled_epoch(vgg, targets, cfg, scfg, state)
+    return state, epoch, time.perf_counter() - start
 
 
 def peak_memory(side, size, conv="direct"):

@@ -204,6 +204,9 @@ def stylize_batch(vgg, contents, styles, cfg: LossConfig, *, epochs: int, max_it
     targets = jax.tree.map(lambda *a: np.stack([np.asarray(x) for x in a]), *per_pair)
     images = np.stack([np.asarray(initial_image(init, c, seed)) for c in contents]
                       + [np.asarray(initial_image(init, contents[-1], seed))] * (lanes - n))
+    # Winograd's kernels made once for all the epochs (the first state, evaluated with direct
+    # convolutions, leaves them unused).
+    vgg = with_winograd_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype, images.shape[-3:])
     if mesh is None:
         targets, images = jax.tree.map(jnp.asarray, (targets, images))
     else:

@@ -178,7 +178,9 @@ def run_epoch(state: SolverState, vgg, targets, *, cfg: LossConfig,
     """Runs ``scfg.iterations`` solver iterations from ``state``; one compiled call.
 
     ``state`` is donated: don't read it after the call. The returned ``value`` is the loss at
-    the returned image (for Adam, at the image before the last update).
+    the returned image (for Adam, at the image before the last update). With ``conv``
+    Winograd, a ``vgg`` from `vgg.with_winograd_kernels` (for this image size) saves each
+    call the kernels' transform; a plain one is prepared inside the call.
     """
     vgg = with_winograd_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype,  # once, not per
                                 state.image.shape)  # evaluation

@@ -42,7 +42,7 @@ from stylejax.errors import StylejaxError
 from stylejax.hostmem import compile_released
 from stylejax.losses import LossConfig, _content_targets, make_targets
 from stylejax.solvers import SolverConfig, init_state, run_epoch
-from stylejax.vgg import LAYERS, min_size
+from stylejax.vgg import LAYERS, min_size, with_winograd_kernels
 
 
 @dataclass
@@ -188,6 +188,7 @@ def stylize_tiled(vgg, content, style, cfg: LossConfig, *, tile: int,
     rng = np.random.default_rng(seed)
     image = np.array(x0[0], np.float32)
     init_fn = epoch_fn = None  # compiled at the first tile: every tile has its shape
+    prepared = with_winograd_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype, (th, tw))
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         grid = tile_grid(h, w, (th, tw), overlap, rng)
@@ -203,8 +204,9 @@ def stylize_tiled(vgg, content, style, cfg: LossConfig, *, tile: int,
                 init_fn = compile_released(init_state, scfg, vgg, crop, targets, cfg)
             state = init_fn(vgg, crop, targets)
             if epoch_fn is None:
-                epoch_fn = compile_released(run_epoch, state, vgg, targets, cfg=cfg, scfg=scfg)
-            state = epoch_fn(state, vgg, targets)
+                epoch_fn = compile_released(run_epoch, state, prepared, targets, cfg=cfg,
+                                            scfg=scfg)
+            state = epoch_fn(state, prepared, targets)
             losses.append(float(state.value))
             if not math.isfinite(losses[-1]):
                 break

@@ -181,6 +181,7 @@ def with_winograd_kernels(vgg: Vgg19, layers: Sequence[str], conv: str,
     before it, so that each evaluation does not transform the kernels again: 7-20% of a CPU
     value+grad at 512-192 px. The entries are used instead of the kernels and get a zero
     gradient: make them again after changing the kernels, and don't train a prepared bundle.
+    Entries already there are kept (a bundle prepared for a run's size passes through).
     """
     if resolve_conv(conv) != "winograd" or jnp.dtype(dtype) != jnp.float32:
         return vgg
@@ -189,7 +190,8 @@ def with_winograd_kernels(vgg: Vgg19, layers: Sequence[str], conv: str,
     names = [name for name, cin, cout in CONV_SPECS
              if LAYERS.index(name) < deepest and name not in layers  # fused with its ReLU
              and uses_winograd(conv, _layer_input(name, cin, image_shape), (3, 3, cin, cout),
-                               dtype)]
+                               dtype)
+             and "winograd" not in vgg.params[name]]
     if not names:
         return vgg
     done = _transform_kernels({name: vgg.params[name]["kernel"] for name in names})

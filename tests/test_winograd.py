@@ -109,13 +109,17 @@ def test_loss_with_winograd_matches_torch_float64(vgg, vgg_params):
     # The targets, computed once, always take the exact direct convolution.
     assert "f32[36," not in str(jax.make_jaxpr(
         lambda c, s: stylejax.make_targets(vgg, c, s, cfg))(content, style))
-    # Kernels transformed ahead: the loss then has no kernel transform left in it (G's first
-    # pass makes [6, 3, Cin, Cout]), only for the layers that run as Winograd.
+    # Kernels transformed ahead: the loss then has no kernel transform left in it (a matmul
+    # by the [36, 9] matrix G (x) G), only for the layers that run as Winograd.
     ready = vggmod.with_winograd_kernels(vgg, cfg.layers, cfg.conv, image_shape=image.shape)
-    assert "f32[6,3," in jaxpr(cfg)
+    assert "f32[36,9]" in jaxpr(cfg)
     ready_jaxpr = str(jax.make_jaxpr(stylejax.loss_fn, static_argnums=3)(
         ready, image[None], targets, cfg))
-    assert "f32[6,3," not in ready_jaxpr and "f32[36," in ready_jaxpr
+    assert "f32[36,9]" not in ready_jaxpr and "f32[36," in ready_jaxpr
+    # Preparing a prepared bundle again keeps its entries (the same arrays, no new work).
+    again = vggmod.with_winograd_kernels(ready, cfg.layers, cfg.conv, image_shape=image.shape)
+    assert all(again.params[n].get("winograd") is ready.params[n].get("winograd")
+               for n in ready.params)
     prepared = lambda v: {name for name, p in v.params.items() if "winograd" in p}  # noqa
     blocks_2_3 = {"conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3", "conv3_4"}
     assert prepared(ready) == blocks_2_3  # at 128 px block 4 has 16x16 = 256 < 512 pixels
