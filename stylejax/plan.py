@@ -19,7 +19,7 @@ The model (bytes; E = 4 for float32 activations, 2 for bfloat16; image = H*W*3*4
   search, whose program made XLA copy both histories inside the loop. `linesearch` removed
   it: 512 px peak 1,805-1,850 -> 1,234-1,243 MiB.)
 - ``winograd`` (where the run uses Winograd: ``conv="winograd"``, or "auto" on CPU): each
-  Winograd layer's transformed kernel (36 * Cin * Cout * 4; made once per epoch and kept
+  Winograd layer's transformed kernel (36 * Cin * Cout * 4; made once per run and kept
   while it runs), and the largest one holds two tile buffers at once (2 * 36 * tiles *
   max(Cin, Cout) * 4, tiles = ceil(h/4) * ceil(w/4)); measured over the direct convolution:
   512 px +319-353 MiB of peak RSS, this term 341 MiB; 256 px +12-33 MiB, this term 197 MiB.

@@ -59,3 +59,29 @@ def test_bad_solver_settings():
     for bad in (dict(kind="sgd"), dict(iterations=0), dict(lr=-1.0), dict(history=0)):
         with pytest.raises(stylejax.StylejaxError):
             SolverConfig(**bad)
+
+
+def test_driver_epochs_get_winograd_kernels_made_once(vgg, monkeypatch):
+    """`driver.compiled_epoch` compiles and calls `run_epoch` with the kernels already in
+    Winograd's domain, so no epoch call transforms them again."""
+    from types import SimpleNamespace
+
+    from stylejax import driver
+
+    calls = []
+
+    def fake_compile(jitted, state, bundle, targets, **static):
+        calls.append((jitted, bundle))
+        return lambda st, b, t: b
+
+    monkeypatch.setattr(driver, "compile_released", fake_compile)
+    cfg = stylejax.preset_config("johnson", conv="winograd")
+    state = SimpleNamespace(image=jnp.zeros((1, 64, 64, 3), jnp.float32))
+    epoch = driver.compiled_epoch(vgg, {}, cfg, SolverConfig("lbfgs"), state)
+    (jitted, bundle), = calls
+    assert jitted is run_epoch and epoch(state) is bundle
+    made = {name for name, p in bundle.params.items() if "winograd" in p}
+    assert made == {"conv2_1", "conv2_2"}  # 64 px: block 3 has 16x16 = 256 < 512 pixels
+    direct = stylejax.preset_config("johnson", conv="direct")
+    driver.compiled_epoch(vgg, {}, direct, SolverConfig("lbfgs"), state)
+    assert calls[-1][1] is vgg  # nothing to make
