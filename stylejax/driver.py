@@ -227,13 +227,14 @@ def run_epochs(vgg, targets, cfg: LossConfig, scfg: SolverConfig, state, last: i
 
 
 def compiled_epoch(vgg, targets, cfg: LossConfig, scfg: SolverConfig, state):
-    """``epoch(state) -> state``: `solvers.run_epoch` compiled ahead for ``state``'s shapes,
-    the compiler's freed heap released before it first runs (`hostmem.compile_released`).
-    Winograd's kernels are made here, once for all the calls, not at the start of each
-    (192 px: 45 ms a call, a fifth of an iteration)."""
+    """``epoch(state, targets=targets) -> state``: `solvers.run_epoch` compiled ahead for the
+    shapes of ``state`` and ``targets`` (other targets of those shapes may be given per call,
+    as tiles do), the compiler's freed heap released before it first runs
+    (`hostmem.compile_released`). Winograd's kernels are made here, once for all the calls,
+    not at the start of each (192 px: 45 ms a call, a fifth of an iteration)."""
     vgg = with_winograd_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype, state.image.shape)
     compiled = compile_released(run_epoch, state, vgg, targets, cfg=cfg, scfg=scfg)
-    return lambda st: compiled(st, vgg, targets)
+    return lambda st, tg=targets: compiled(st, vgg, tg)
 
 
 def check_finite(epoch: int, loss: float) -> None:

@@ -41,8 +41,8 @@ import numpy as np
 from stylejax.errors import StylejaxError
 from stylejax.hostmem import compile_released
 from stylejax.losses import LossConfig, _content_targets, make_targets
-from stylejax.solvers import SolverConfig, init_state, run_epoch
-from stylejax.vgg import LAYERS, min_size, with_winograd_kernels
+from stylejax.solvers import SolverConfig, init_state
+from stylejax.vgg import LAYERS, min_size
 
 
 @dataclass
@@ -147,8 +147,8 @@ def stylize_tiled(vgg, content, style, cfg: LossConfig, *, tile: int,
     Memory: one tile's solver state and activations on the device (see `stylejax.plan`), and
     four image-sized float32 buffers on the host.
     """
-    from stylejax.driver import (call_inputs, check_finite, colour_inputs, initial_image,
-                                 initial_state, run_epochs, shown_image)
+    from stylejax.driver import (call_inputs, check_finite, colour_inputs, compiled_epoch,
+                                 initial_image, initial_state, run_epochs, shown_image)
 
     scfg, content, styles = call_inputs(epochs, preserve_colors, optimizer, max_iter, lr,
                                         history, content, style)
@@ -188,7 +188,6 @@ def stylize_tiled(vgg, content, style, cfg: LossConfig, *, tile: int,
     rng = np.random.default_rng(seed)
     image = np.array(x0[0], np.float32)
     init_fn = epoch_fn = None  # compiled at the first tile: every tile has its shape
-    prepared = with_winograd_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype, (th, tw))
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         grid = tile_grid(h, w, (th, tw), overlap, rng)
@@ -204,9 +203,8 @@ def stylize_tiled(vgg, content, style, cfg: LossConfig, *, tile: int,
                 init_fn = compile_released(init_state, scfg, vgg, crop, targets, cfg)
             state = init_fn(vgg, crop, targets)
             if epoch_fn is None:
-                epoch_fn = compile_released(run_epoch, state, prepared, targets, cfg=cfg,
-                                            scfg=scfg)
-            state = epoch_fn(state, prepared, targets)
+                epoch_fn = compiled_epoch(vgg, targets, cfg, scfg, state)
+            state = epoch_fn(state, targets)
             losses.append(float(state.value))
             if not math.isfinite(losses[-1]):
                 break
