@@ -13,6 +13,8 @@ import ctypes
 import ctypes.util
 import functools
 
+from stylejax.xla_options import compile_lowered
+
 
 @functools.lru_cache(maxsize=None)
 def _malloc_trim():
@@ -35,12 +37,13 @@ def release_freed_memory() -> bool:
 
 
 def compile_released(jitted, *args, **kwargs):
-    """``jitted.lower(*args, **kwargs).compile()``, then `release_freed_memory`.
+    """``jitted.lower(*args, **kwargs).compile()`` (with stylejax's compiler options,
+    `xla_options.compile_lowered`), then `release_freed_memory`.
 
     Call the result with the non-static arguments only. Compiling ahead like this, rather
     than on the first call, lets the compiler's scratch go back to the OS before the program
     first runs, so it never adds to the run's peak memory.
     """
-    compiled = jitted.lower(*args, **kwargs).compile()
+    compiled = compile_lowered(jitted.lower(*args, **kwargs))
     release_freed_memory()
     return compiled
