@@ -21,6 +21,7 @@ from PIL import Image
 import stylejax
 from conftest import REPO, smooth_image
 from stylejax import batch, driver
+from stylejax.hostmem import compile_released
 
 CFG = stylejax.preset_config("johnson")
 RUN = dict(epochs=2, max_iter=1, history=10)  # 2 L-BFGS iterations, state carried over
@@ -64,11 +65,14 @@ def test_finished_lanes_stay_frozen(vgg, pairs, batch_result):
     scfg = stylejax.SolverConfig("lbfgs", iterations=1, history=10)
     targets = jax.tree.map(lambda *a: jnp.stack(a), *[
         stylejax.make_targets(vgg, c, s, CFG) for c, s in zip(contents, styles)])
-    # mesh=None spelled out, as stylize_batch passes it: jit's cache key includes it.
-    state = batch.init_batch_state(scfg, vgg, jnp.asarray(np.stack(contents)[:, None]),
-                                   targets, CFG, mesh=None)
+    # Compiled as stylize_batch compiles them (its compiler options, mesh=None).
+    images = jnp.asarray(np.stack(contents)[:, None])
+    state = compile_released(batch.init_batch_state, scfg, vgg, images, targets, CFG,
+                             mesh=None)(vgg, images, targets)
+    epoch = compile_released(batch.run_batch_epoch, state, vgg, targets, cfg=CFG, scfg=scfg,
+                             mesh=None)
     for _ in range(2):
-        state = batch.run_batch_epoch(state, vgg, targets, cfg=CFG, scfg=scfg, mesh=None)
+        state = epoch(state, vgg, targets)
     evaluations = np.asarray(state.inner.num_fun_eval)
     assert len(set(evaluations.tolist())) > 1, evaluations
     np.testing.assert_allclose(np.asarray(state.image)[:, 0], batch_result[0].images,
