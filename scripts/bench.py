@@ -41,7 +41,8 @@ import numpy as np  # noqa: E402
 
 import stylejax  # noqa: E402
 from stylejax import images as imageio  # noqa: E402
-from stylejax.driver import compiled_epoch, enable_compilation_cache  # noqa: E402
+from stylejax.driver import (compiled_epoch, enable_compilation_cache,  # noqa: E402
+                             initial_state)
 from stylejax.hostmem import compile_released  # noqa: E402
 from stylejax.solvers import SolverConfig, init_state  # noqa: E402
 from stylejax.vgg import LAYERS, resolve_conv, with_winograd_kernels  # noqa: E402
@@ -241,7 +242,7 @@ def _compiled_epoch(vgg, content, style, x0, cfg, scfg):
     """(initial state, compiled epoch: state -> state, seconds for targets and compiling)."""
     start = time.perf_counter()
     targets = stylejax.make_targets(vgg, content, style, cfg)
-    state = init_state(scfg, vgg, jnp.asarray(x0[None]), targets, cfg)
+    state = initial_state(scfg, vgg, jnp.asarray(x0[None]), targets, cfg)  # as the CLI
     epoch = compiled_epoch(vgg, targets, cfg, scfg, state)
     return state, epoch, time.perf_counter() - start
 
