@@ -2,10 +2,10 @@
 
 XLA's CPU backend hands both its convolutions and its dots to YNNPACK by default. Measured on
 a 2-core AMD EPYC with AVX2 only (Zen 3), a direct 3x3 convolution's value+grad through
-YNNPACK was slower than through XLA's Eigen path, which PyTorch's oneDNN matches call for call
-(the whole johnson-preset value+grad at 192 px, direct: 604 vs 543 ms; the default, Winograd,
-whose first and last layers stay direct: 434 vs 410 ms), while the batched matmuls of
-Winograd's layers ran as fast or faster through YNNPACK. So the programs we compile ahead (the
+YNNPACK was slower than through XLA's Eigen path (the whole johnson-preset value+grad at
+192 px, direct: 604 vs 543 ms, PyTorch's 542; the default, Winograd, whose first and last
+layers stay direct: 434 vs 410 ms), while the batched matmuls of Winograd's layers ran as fast
+or faster through YNNPACK. So the programs we compile ahead (the
 solver's first state and epochs, batches, tiles, the benchmark) keep YNNPACK for dots only.
 
 This is XLA's ``xla_cpu_experimental_ynn_fusion_type`` option, set per program (never in the

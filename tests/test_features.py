@@ -397,8 +397,8 @@ def test_convert_normalize_rebuilds_the_papers_network(tmp_path, vgg_params, vgg
     after = extract_features(nvgg, crops, relus)
     live = 0
     for name in relus:
-        # A nearly dead channel (mean far below the layer's median) is rescaled as much, so float32
-        # rounding in the convolutions before it (which differs between CPUs) shows at 1e-3.
+        # A nearly dead channel (mean far below the layer's median) is rescaled as much, so
+        # float32 rounding in the convolutions before it (which differs between CPUs) shows.
         mean = np.asarray(before[name]).mean((0, 1, 2))
         alive = mean > 1e-3 * np.median(mean[mean > 0])
         np.testing.assert_allclose(np.asarray(after[name]).mean((0, 1, 2))[alive], 1.0,

@@ -23,7 +23,8 @@ def _conv_and_dot(x, k):
 def test_epoch_programs_keep_ynnpack_for_dots_only():
     jitted = jax.jit(_conv_and_dot)
     default = jitted.lower(_X, _K).compile().as_text()
-    ours = hostmem.compile_released(jitted, _X, _K).as_text()
+    compiled = hostmem.compile_released(jitted, _X, _K)
+    ours = compiled.as_text()
     # XLA's own default puts both into YNNPACK fusions; ours only the dot.
     if default.count("__ynn_fusion") < 2:
         pytest.skip("this jaxlib's defaults don't put convolutions into YNNPACK")
@@ -32,8 +33,7 @@ def test_epoch_programs_keep_ynnpack_for_dots_only():
     assert len(fused) == 1 and "dot_general" in fused[0], fused  # the dot, in YNNPACK
     assert " convolution(" in entry  # the convolution, by XLA itself (Eigen)
     a = jitted(_X, _K)
-    b = hostmem.compile_released(jitted, _X, _K)(_X, _K)
-    for u, v in zip(a, b):
+    for u, v in zip(a, compiled(_X, _K)):
         np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-5)
 
 
