@@ -31,7 +31,7 @@ def main(side, size, conv="direct"):
 
         import stylejax
         from stylejax.hostmem import compile_released
-        from stylejax.vgg import with_winograd_kernels
+        from stylejax.vgg import prepare_kernels
         from stylejax.weights import CAFFE, Vgg19
 
         # Device copies, as load_vgg19 makes them; the numpy originals are then dropped (torch
@@ -42,8 +42,8 @@ def main(side, size, conv="direct"):
         targets = stylejax.make_targets(vgg, content, style, cfg)
         vg = jax.jit(jax.value_and_grad(stylejax.loss_fn, argnums=1), static_argnames="cfg")
         x = jnp.asarray(content)
-        # Kernels in the Winograd domain once, as every solver epoch has them.
-        vgg = with_winograd_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype, x.shape)
+        # Kernels prepared once (Winograd domain, direct flip), as every solver epoch has them.
+        vgg = prepare_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype, x.shape)
         # Compiled ahead and the compiler's freed heap released, as the driver's epochs are.
         vg = compile_released(vg, vgg, x, targets, cfg=cfg)
         for _ in range(2):

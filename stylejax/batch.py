@@ -38,7 +38,7 @@ from stylejax.errors import StylejaxError
 from stylejax.hostmem import compile_released
 from stylejax.losses import LossConfig, make_targets
 from stylejax.solvers import SolverConfig, init_state, run_epoch
-from stylejax.vgg import with_winograd_kernels
+from stylejax.vgg import prepare_kernels
 
 
 @dataclass
@@ -115,8 +115,8 @@ def _lbfgs_epoch(state, vgg, targets, cfg, scfg):
     `_shared_vgg_value_and_grad`."""
     from stylejax.solvers import _jaxopt_iterations, _jaxopt_lbfgs
 
-    vgg = with_winograd_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype,  # as run_epoch does
-                                state.image.shape)
+    vgg = prepare_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype,  # as run_epoch does
+                          state.image.shape)
     solver = _jaxopt_lbfgs(scfg, _shared_vgg_value_and_grad(vgg, cfg))
     return _jaxopt_iterations(solver, state, scfg.iterations, targets)
 
@@ -206,7 +206,7 @@ def stylize_batch(vgg, contents, styles, cfg: LossConfig, *, epochs: int, max_it
                       + [np.asarray(initial_image(init, contents[-1], seed))] * (lanes - n))
     # Winograd's kernels made once for all the epochs (the first state, evaluated with direct
     # convolutions, leaves them unused).
-    vgg = with_winograd_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype, images.shape[-3:])
+    vgg = prepare_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype, images.shape[-3:])
     if mesh is None:
         targets, images = jax.tree.map(jnp.asarray, (targets, images))
     else:

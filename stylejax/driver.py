@@ -31,7 +31,7 @@ from stylejax import images as imageio
 from stylejax.errors import StylejaxError
 from stylejax.hostmem import compile_released
 from stylejax.losses import PRESETS, LossConfig, make_targets, network_warning, preset_config
-from stylejax.vgg import CONVS, min_size, with_winograd_kernels
+from stylejax.vgg import CONVS, min_size, prepare_kernels
 from stylejax.solvers import OPTIMIZERS, SolverConfig, init_state, run_epoch
 from stylejax.weights import atomic_write_bytes, load_vgg19
 
@@ -230,9 +230,10 @@ def compiled_epoch(vgg, targets, cfg: LossConfig, scfg: SolverConfig, state):
     """``epoch(state, targets=targets) -> state``: `solvers.run_epoch` compiled ahead for the
     shapes of ``state`` and ``targets`` (other targets of those shapes may be given per call,
     as tiles do), the compiler's freed heap released before it first runs
-    (`hostmem.compile_released`). Winograd's kernels are made here, once for all the calls,
-    not at the start of each (192 px: 45 ms a call, a fifth of an iteration)."""
-    vgg = with_winograd_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype, state.image.shape)
+    (`hostmem.compile_released`). The kernels' prepared forms (`vgg.prepare_kernels`) are
+    made here, once for all the calls, not at the start of each (192 px: 45 ms a call, a
+    fifth of an iteration)."""
+    vgg = prepare_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype, state.image.shape)
     compiled = compile_released(run_epoch, state, vgg, targets, cfg=cfg, scfg=scfg)
     return lambda st, tg=targets: compiled(st, vgg, tg)
 

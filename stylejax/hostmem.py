@@ -38,12 +38,15 @@ def release_freed_memory() -> bool:
 
 def compile_released(jitted, *args, **kwargs):
     """``jitted.lower(*args, **kwargs).compile()`` (with stylejax's compiler options,
-    `xla_options.compile_lowered`), then `release_freed_memory`.
+    `xla_options.compile_lowered`, for the convolution algorithm of the first argument that
+    has a ``conv``: the `LossConfig`), then `release_freed_memory`.
 
     Call the result with the non-static arguments only. Compiling ahead like this, rather
     than on the first call, lets the compiler's scratch go back to the OS before the program
     first runs, so it never adds to the run's peak memory.
     """
-    compiled = compile_lowered(jitted.lower(*args, **kwargs))
+    conv = next((a.conv for a in (*args, *kwargs.values())
+                 if isinstance(getattr(a, "conv", None), str)), "auto")
+    compiled = compile_lowered(jitted.lower(*args, **kwargs), conv)
     release_freed_memory()
     return compiled

@@ -29,7 +29,7 @@ import optax
 from stylejax.errors import StylejaxError
 from stylejax.linesearch import OneEvaluationZoom
 from stylejax.losses import LossConfig, loss_fn
-from stylejax.vgg import with_winograd_kernels
+from stylejax.vgg import prepare_kernels
 
 with warnings.catch_warnings():
     # jaxopt announces on import that it is no longer maintained; we know, and keep it
@@ -178,12 +178,12 @@ def run_epoch(state: SolverState, vgg, targets, *, cfg: LossConfig,
     """Runs ``scfg.iterations`` solver iterations from ``state``; one compiled call.
 
     ``state`` is donated: don't read it after the call. The returned ``value`` is the loss at
-    the returned image (for Adam, at the image before the last update). With ``conv``
-    Winograd, a ``vgg`` from `vgg.with_winograd_kernels` (for this image size) saves each
-    call the kernels' transform; a plain one is prepared inside the call.
+    the returned image (for Adam, at the image before the last update). A ``vgg`` from
+    `vgg.prepare_kernels` (for this image size) saves each call the kernels' preparation
+    (Winograd's transform, the direct layers' flip); a plain one is prepared inside the call.
     """
-    vgg = with_winograd_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype,  # once, not per
-                                state.image.shape)  # evaluation
+    vgg = prepare_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype,  # once, not per
+                          state.image.shape)  # evaluation
     if scfg.kind == "lbfgs":
         return _jaxopt_iterations(_jaxopt_lbfgs(scfg, _objective_value_and_grad(cfg)), state,
                                   scfg.iterations, vgg, targets)

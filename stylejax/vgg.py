@@ -41,59 +41,76 @@ def _conv(x, kernel):
     return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_DN)
 
 
-@jax.custom_vjp
-def conv3x3(x, kernel):
+def flip_kernel(kernel):
+    """HWIO [3, 3, Cin, Cout] -> [3, 3, Cout, Cin]: spatially flipped, channels swapped; the
+    kernel whose forward convolution is the input gradient of ``kernel``'s."""
+    return jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+
+
+def conv3x3(x, kernel, flipped=None):
     """3x3 'same' convolution, NHWC x HWIO -> NHWC, no bias.
 
     Same values and gradients as `lax.conv_general_dilated`; only the input gradient is
-    computed differently (see `_conv3x3_bwd`).
+    computed differently (see `_conv3x3_bwd`). ``flipped``: ``flip_kernel(kernel)``, made
+    here if not given (a strided copy of the kernel: 5-10 ms of each evaluation for a
+    512 x 512 kernel on a CPU, so a loop made of many evaluations makes it once ahead).
     """
+    return _conv3x3(x, kernel, flip_kernel(kernel) if flipped is None else flipped)
+
+
+@jax.custom_vjp
+def _conv3x3(x, kernel, flipped):
     return _conv(x, kernel)
 
 
-def _conv3x3_fwd(x, kernel):
-    return _conv(x, kernel), (x, kernel)
+def _conv3x3_fwd(x, kernel, flipped):
+    return _conv(x, kernel), (x, kernel, flipped)
 
 
 def _conv3x3_bwd(res, g):
     # The input gradient of a stride-1 'same' 3x3 convolution is a forward convolution of g
     # with the spatially flipped kernel whose in/out channels are swapped. Written this way
     # XLA CPU keeps its fast convolution path inside while-loop bodies (a line search, a
-    # fori_loop of solver steps); JAX's own transpose rule there ran 3.5-4x slower.
-    x, kernel = res
-    dx = _conv(g, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2))
+    # fori_loop of solver steps); JAX's own transpose rule there ran 3.5-4x slower. The
+    # kernel's whole gradient is given directly, so none flows through ``flipped`` (None).
+    x, kernel, flipped = res
+    dx = _conv(g, flipped)
     _, kernel_vjp = jax.vjp(lambda k: _conv(x, k), kernel)
-    return dx, kernel_vjp(g)[0]
+    return dx, kernel_vjp(g)[0], None
 
 
-conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+_conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
 
 
-@jax.custom_vjp
-def conv3x3_relu(x, kernel, bias):
+def conv3x3_relu(x, kernel, bias, flipped=None):
     """``relu(conv3x3(x, kernel) + bias)`` with one saved activation per layer.
 
     The backward pass reads the ReLU's mask off the output (y > 0 exactly where the
     pre-activation is), so only the output and the input, which is the previous layer's saved
     output, are kept: no separate mask or pre-activation per layer. Same values and
-    gradients as the unfused composition.
+    gradients as the unfused composition. ``flipped`` as in `conv3x3`.
     """
+    return _conv3x3_relu(x, kernel, bias, flip_kernel(kernel) if flipped is None else flipped)
+
+
+@jax.custom_vjp
+def _conv3x3_relu(x, kernel, bias, flipped):
     return jax.nn.relu(_conv(x, kernel) + bias)
 
 
-def _conv3x3_relu_fwd(x, kernel, bias):
-    y = conv3x3_relu(x, kernel, bias)
-    return y, (x, kernel, y)
+def _conv3x3_relu_fwd(x, kernel, bias, flipped):
+    y = _conv3x3_relu(x, kernel, bias, flipped)
+    return y, (x, kernel, flipped, y)
 
 
 def _conv3x3_relu_bwd(res, g):
-    x, kernel, y = res
+    x, kernel, flipped, y = res
     g = jnp.where(y > 0, g, jnp.zeros_like(g))
-    dx, dkernel = _conv3x3_bwd((x, kernel), g)
-    return dx, dkernel, g.sum(axis=tuple(range(g.ndim - 1)))
+    dx, dkernel, _ = _conv3x3_bwd((x, kernel, flipped), g)
+    return dx, dkernel, g.sum(axis=tuple(range(g.ndim - 1))), None
 
 
-conv3x3_relu.defvjp(_conv3x3_relu_fwd, _conv3x3_relu_bwd)
+_conv3x3_relu.defvjp(_conv3x3_relu_fwd, _conv3x3_relu_bwd)
 
 CONVS = ("auto", "direct", "winograd")
 """Convolution algorithms: XLA's direct convolution, Winograd F(4x4, 3x3) (`winograd`), or
@@ -169,13 +186,16 @@ def _winograd_bwd(res, g):
 _winograd_relu.defvjp(_winograd_fwd, _winograd_bwd)
 
 
-def with_winograd_kernels(vgg: Vgg19, layers: Sequence[str], conv: str,
-                          dtype=jnp.float32, image_shape=None) -> Vgg19:
-    """``vgg`` with the Winograd form [36, Cin, Cout] of each kernel that runs as Winograd
-    for ``layers`` under ``conv`` (as ``params[name]["winograd"]``), or ``vgg`` itself where
-    none does. ``image_shape`` ([N, H, W, 3], [H, W, 3] or (H, W)) of the images the loss will see
-    leaves out the layers too small for Winograd; without it they are made too (unused: in a
-    jitted function XLA drops them, outside one they take memory).
+def prepare_kernels(vgg: Vgg19, layers: Sequence[str], conv: str, dtype=jnp.float32,
+                    image_shape=None) -> Vgg19:
+    """``vgg`` with each kernel the loss at ``layers`` convolves with also in the form its
+    evaluations use, made once: the Winograd form [36, Cin, Cout] of each layer that runs as
+    Winograd under ``conv`` (as ``params[name]["winograd"]``), and `flip_kernel`'s
+    [3, 3, Cout, Cin] of each that stays direct (``params[name]["flipped"]``, read by the
+    input gradient). ``image_shape`` ([N, H, W, 3], [H, W, 3] or (H, W)) of the images the
+    loss will see decides which layers are too small for Winograd; without it every layer
+    that can be gets the Winograd form (a Winograd form unused in a jitted function is dropped
+    by XLA; outside one it takes memory).
 
     A loop that evaluates the loss many times (an epoch of solver iterations) calls this once
     before it, so that each evaluation does not transform the kernels again: 7-20% of a CPU
@@ -183,20 +203,29 @@ def with_winograd_kernels(vgg: Vgg19, layers: Sequence[str], conv: str,
     gradient: make them again after changing the kernels, and don't train a prepared bundle.
     Entries already there are kept (a bundle prepared for a run's size passes through).
     """
-    if resolve_conv(conv) != "winograd" or jnp.dtype(dtype) != jnp.float32:
-        return vgg
     layers = check_layers(layers)
     deepest = max(LAYERS.index(name) for name in layers)
-    names = [name for name, cin, cout in CONV_SPECS
-             if LAYERS.index(name) < deepest and name not in layers  # fused with its ReLU
-             and uses_winograd(conv, _layer_input(name, cin, image_shape), (3, 3, cin, cout),
-                               dtype)
-             and "winograd" not in vgg.params[name]]
-    if not names:
+    wino, flip = [], []
+    for name, cin, cout in CONV_SPECS:
+        if LAYERS.index(name) > deepest:
+            break
+        if name not in layers and uses_winograd(  # fused with its ReLU
+                conv, _layer_input(name, cin, image_shape), (3, 3, cin, cout), dtype):
+            wino += [name] if "winograd" not in vgg.params[name] else []
+        elif "flipped" not in vgg.params[name]:
+            flip.append(name)
+    if not wino and not flip:
         return vgg
-    done = _transform_kernels({name: vgg.params[name]["kernel"] for name in names})
-    return vgg.replace(params={name: {**p, "winograd": done[name]} if name in done else p
+    done = _prepare(({name: vgg.params[name]["kernel"] for name in wino},
+                     {name: vgg.params[name]["kernel"] for name in flip}))
+    made = {name: {"winograd": u} for name, u in done[0].items()}
+    made.update({name: {"flipped": k} for name, k in done[1].items()})
+    return vgg.replace(params={name: {**p, **made.get(name, {})}
                                for name, p in vgg.params.items()})
+
+
+with_winograd_kernels = prepare_kernels
+"""The earlier name of `prepare_kernels` (which now also prepares the direct layers)."""
 
 
 def _layer_input(name: str, channels: int, image_shape) -> tuple[int, int, int, int]:
@@ -212,7 +241,8 @@ def _layer_input(name: str, channels: int, image_shape) -> tuple[int, int, int, 
 
 # One compiled program: called outside a jit, op by op, the transforms' many intermediates
 # left 120-140 MB more heap mapped at a 512 px step's peak.
-_transform_kernels = jax.jit(lambda kernels: jax.tree.map(winograd.transform_kernel, kernels))
+_prepare = jax.jit(lambda kernels: (jax.tree.map(winograd.transform_kernel, kernels[0]),
+                                    jax.tree.map(flip_kernel, kernels[1])))
 
 
 def pool2x2(x, pooling: str):
@@ -285,9 +315,11 @@ class Conv3x3(nn.Module):
             u = (self.get_variable("params", "winograd")
                  if self.has_variable("params", "winograd") else None)
             return conv3x3_relu_winograd(x, kernel, bias, u)
+        flipped = (self.get_variable("params", "flipped").astype(self.dtype)
+                   if self.has_variable("params", "flipped") else None)
         if self.relu:
-            return conv3x3_relu(x, kernel, bias)
-        return conv3x3(x, kernel) + bias
+            return conv3x3_relu(x, kernel, bias, flipped)
+        return conv3x3(x, kernel, flipped) + bias
 
 
 class VGG19Features(nn.Module):

@@ -28,9 +28,11 @@ def _rel(a, b):
     return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
 
 
-@pytest.mark.parametrize("shape", [(2, 13, 10, 8), (1, 7, 9, 4), (1, 16, 16, 8), (1, 1, 5, 3)])
+@pytest.mark.parametrize("shape", [(2, 13, 10, 8), (1, 7, 9, 4), (1, 16, 16, 8), (1, 1, 5, 3),
+                                   (1, 38, 33, 4)])
 def test_convolution_and_input_gradient_equal_xla_direct(shape):
-    """Odd sizes (not whole tiles), batches, a single row: values and input gradients."""
+    """Odd sizes (not whole tiles), batches, a single row: values and input gradients; the
+    input gradient both with few tiles and with more than `winograd.FEW_TILES` (the last)."""
     keys = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(keys[0], shape)
     kernel = jax.random.normal(keys[1], (3, 3, shape[-1], 6)) / np.sqrt(9 * shape[-1])
@@ -49,11 +51,14 @@ def test_fused_winograd_layer_equals_autodiff_of_the_plain_composition():
     probe = jax.random.normal(keys[3], (2, 11, 9, 6))
     plain = lambda x, k, b: jnp.sum(jax.nn.relu(_direct(x, k) + b) * probe)  # noqa: E731
     ours = lambda x, k, b: jnp.sum(vggmod.conv3x3_relu_winograd(x, k, b) * probe)  # noqa: E731
-    # The kernel transformed once, outside (as `with_winograd_kernels` does): the kernel's
+    # The kernel transformed once, outside (as `prepare_kernels` does): the kernel's
     # gradient must still be whole, though none flows back through the transform.
     u = winograd.transform_kernel(kernel)
     given = lambda x, k, b: jnp.sum(vggmod.conv3x3_relu_winograd(x, k, b, u) * probe)  # noqa
-    for f in (ours, given):
+    # The direct layers' flipped kernel given (as `prepare_kernels` does): the same.
+    flipped = vggmod.flip_kernel(kernel)
+    direct = lambda x, k, b: jnp.sum(vggmod.conv3x3_relu(x, k, b, flipped) * probe)  # noqa
+    for f in (ours, given, direct):
         np.testing.assert_allclose(jax.jit(f)(x, kernel, bias), plain(x, kernel, bias),
                                    atol=1e-4)
         for a, b in zip(jax.jit(jax.grad(f, (0, 1, 2)))(x, kernel, bias),
@@ -92,7 +97,7 @@ def test_auto_is_winograd_on_cpu_only():
 
 def test_loss_with_winograd_matches_torch_float64(vgg, vgg_params):
     """At 128 px conv2_1..conv3_4 (>= 512 output pixels, 64+ -> 128+ channels) run as
-    Winograd, with the kernels transformed in the loss or ahead (`with_winograd_kernels`)."""
+    Winograd, with the kernels transformed in the loss or ahead (`prepare_kernels`)."""
     assert vggmod.uses_winograd("winograd", (1, 64, 64, 64), (3, 3, 64, 128), jnp.float32)
     content, style = smooth_image(128, 128, seed=4), smooth_image(128, 128, seed=5)
     image = np.clip(content + np.random.default_rng(6).normal(0, 0.1, content.shape), 0, 1)
@@ -111,25 +116,33 @@ def test_loss_with_winograd_matches_torch_float64(vgg, vgg_params):
         lambda c, s: stylejax.make_targets(vgg, c, s, cfg))(content, style))
     # Kernels transformed ahead: the loss then has no kernel transform left in it (a matmul
     # by the [36, 9] matrix G (x) G), only for the layers that run as Winograd.
-    ready = vggmod.with_winograd_kernels(vgg, cfg.layers, cfg.conv, image_shape=image.shape)
+    ready = vggmod.prepare_kernels(vgg, cfg.layers, cfg.conv, image_shape=image.shape)
     assert "f32[36,9]" in jaxpr(cfg)
     ready_jaxpr = str(jax.make_jaxpr(stylejax.loss_fn, static_argnums=3)(
         ready, image[None], targets, cfg))
     assert "f32[36,9]" not in ready_jaxpr and "f32[36," in ready_jaxpr
     # Preparing a prepared bundle again keeps its entries (the same arrays, no new work).
-    again = vggmod.with_winograd_kernels(ready, cfg.layers, cfg.conv, image_shape=image.shape)
-    assert all(again.params[n].get("winograd") is ready.params[n].get("winograd")
-               for n in ready.params)
-    prepared = lambda v: {name for name, p in v.params.items() if "winograd" in p}  # noqa
+    again = vggmod.prepare_kernels(ready, cfg.layers, cfg.conv, image_shape=image.shape)
+    assert again is ready
+    prepared = lambda v, kind="winograd": {name for name, p in v.params.items()  # noqa: E731
+                                           if kind in p}
     blocks_2_3 = {"conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3", "conv3_4"}
+    block_4_5 = {"conv4_1", "conv4_2", "conv4_3", "conv4_4", "conv5_1"}
     assert prepared(ready) == blocks_2_3  # at 128 px block 4 has 16x16 = 256 < 512 pixels
-    assert prepared(vggmod.with_winograd_kernels(vgg, cfg.layers, cfg.conv)) == blocks_2_3 | {
-        "conv4_1", "conv4_2", "conv4_3", "conv4_4", "conv5_1"}  # no size given: all that may
+    # The layers that stay direct get their flipped kernel instead, and only those.
+    assert prepared(ready, "flipped") == {"conv1_1", "conv1_2"} | block_4_5
+    assert prepared(vggmod.prepare_kernels(vgg, cfg.layers, cfg.conv)) == blocks_2_3 | block_4_5
     # A pre-activation the loss reads is not fused with its ReLU, so it stays direct.
-    assert "conv3_2" not in prepared(vggmod.with_winograd_kernels(
+    assert "conv3_2" not in prepared(vggmod.prepare_kernels(
         vgg, ("conv3_2", "relu3_3"), "winograd", image_shape=(128, 128)))
-    assert vggmod.with_winograd_kernels(vgg, cfg.layers, "direct") is vgg
-    assert vggmod.with_winograd_kernels(vgg, ("relu1_2",), "winograd") is vgg
+    direct = vggmod.prepare_kernels(vgg, cfg.layers, "direct")
+    assert prepared(direct) == set()
+    assert prepared(direct, "flipped") == {"conv1_1", "conv1_2"} | blocks_2_3 | block_4_5
+    shallow = vggmod.prepare_kernels(vgg, ("relu1_2",), "winograd")
+    assert prepared(shallow) == set() and prepared(shallow, "flipped") == {"conv1_1", "conv1_2"}
+    np.testing.assert_array_equal(shallow.params["conv1_2"]["flipped"],
+                                  np.flip(vgg.params["conv1_2"]["kernel"], (0, 1)).swapaxes(2, 3))
+    assert stylejax.with_winograd_kernels is vggmod.prepare_kernels  # the earlier name
     value, grad = jax.value_and_grad(stylejax.loss_fn, argnums=1)(
         vgg, jnp.asarray(image[None]), targets, cfg)
     value_ready, grad_ready = jax.jit(jax.value_and_grad(stylejax.loss_fn, argnums=1),
