@@ -23,6 +23,8 @@ The model (bytes; E = 4 for float32 activations, 2 for bfloat16; image = H*W*3*4
   while it runs), and the largest one holds two tile buffers at once (2 * 36 * tiles *
   max(Cin, Cout) * 4, tiles = ceil(h/4) * ceil(w/4)); measured over the direct convolution:
   512 px +319-353 MiB of peak RSS, this term 341 MiB; 256 px +12-33 MiB, this term 197 MiB.
+- ``flipped kernels``: the flipped copy of each direct layer's kernel that the input
+  gradient convolves with (9 * Cin * Cout * 4; made once per run, `vgg.prepare_kernels`).
 - ``runtime``: a fixed ``RUNTIME_OVERHEAD[kind]`` (XLA's runtime and the compiled program;
   the compiler's scratch heap is released before the run, `hostmem`). Fitted on CPU to the
   peak RSS growth of runs minus the terms above: L-BFGS at 128-512 px, direct and Winograd
@@ -61,13 +63,21 @@ _CHANNELS = {name: cout for name, _, cout in CONV_SPECS}
 _INPUTS = {name: cin for name, cin, _ in CONV_SPECS}
 
 
+def _uses_winograd(cfg: LossConfig, name: str, shapes) -> bool:
+    """Whether conv layer ``name`` (of ``shapes``, `_layer_shapes`') runs as Winograd in a
+    Winograd run."""
+    _, h, w, cout = next(s for s in shapes if s[0] == name)
+    cin = _INPUTS[name]
+    return name not in cfg.layers and uses_winograd("winograd", (1, h, w, cin),
+                                                    (3, 3, cin, cout), cfg.dtype)
+
+
 def _winograd_bytes(cfg: LossConfig, shapes) -> int:
     """The ``winograd`` term (see the module docstring) of a Winograd run."""
     kept, tiles = 0, 0
     for name, h, w, cout in shapes:
         cin = _INPUTS.get(name)
-        if cin and name not in cfg.layers and uses_winograd(
-                "winograd", (1, h, w, cin), (3, 3, cin, cout), cfg.dtype):
+        if cin and _uses_winograd(cfg, name, shapes):
             kept += 36 * cin * cout * 4
             tiles = max(tiles, 2 * 36 * -(-h // 4) * -(-w // 4) * max(cin, cout) * 4)
     return kept + tiles
@@ -92,7 +102,7 @@ def predict(cfg: LossConfig, scfg: SolverConfig, height: int, width: int,
     ``tile``: (th, tw) of a tiled run (the device holds one tile at a time); ``platform``:
     "cpu", "gpu" or "tpu" (None: jax's default backend). Returns
     ``{"params", "activations", "targets", "solver", "runtime", ["host tiling buffers"],
-    ["winograd"], "total"}``.
+    "flipped kernels", ["winograd"], "total"}``.
     """
     full_h, full_w = height, width
     if tile is not None:
@@ -122,7 +132,10 @@ def predict(cfg: LossConfig, scfg: SolverConfig, height: int, width: int,
         platform = jax.default_backend()
     table = {"params": params, "activations": acts, "targets": targets, "solver": solver,
              "runtime": RUNTIME_OVERHEAD[scfg.kind]}
-    if resolve_conv(cfg.conv, platform) == "winograd" and (extra := _winograd_bytes(cfg, shapes)):
+    winograd = resolve_conv(cfg.conv, platform) == "winograd"
+    table["flipped kernels"] = sum(9 * ci * co * 4 for n, ci, co in convs
+                                   if not (winograd and _uses_winograd(cfg, n, shapes)))
+    if winograd and (extra := _winograd_bytes(cfg, shapes)):
         table["winograd"] = extra
     total = sum(table.values())
     if tile is not None and (height, width) != (full_h, full_w):

@@ -84,4 +84,6 @@ def test_driver_epochs_get_winograd_kernels_made_once(vgg, monkeypatch):
     assert made == {"conv2_1", "conv2_2"}  # 64 px: block 3 has 16x16 = 256 < 512 pixels
     direct = stylejax.preset_config("johnson", conv="direct")
     driver.compiled_epoch(vgg, {}, direct, SolverConfig("lbfgs"), state)
-    assert calls[-1][1] is vgg  # nothing to make
+    bundle = calls[-1][1]  # no Winograd form, every kernel flipped for the input gradient
+    assert not any("winograd" in p for p in bundle.params.values())
+    assert all("flipped" in bundle.params[n] for n in vgg.params if n <= "conv5_1")
