@@ -63,11 +63,9 @@ _CHANNELS = {name: cout for name, _, cout in CONV_SPECS}
 _INPUTS = {name: cin for name, cin, _ in CONV_SPECS}
 
 
-def _uses_winograd(cfg: LossConfig, name: str, shapes) -> bool:
-    """Whether conv layer ``name`` (of ``shapes``, `_layer_shapes`') runs as Winograd in a
-    Winograd run."""
-    _, h, w, cout = next(s for s in shapes if s[0] == name)
-    cin = _INPUTS[name]
+def _uses_winograd(cfg: LossConfig, name: str, h: int, w: int) -> bool:
+    """Whether conv layer ``name``, on [h, w] maps, runs as Winograd in a Winograd run."""
+    cin, cout = _INPUTS[name], _CHANNELS[name]
     return name not in cfg.layers and uses_winograd("winograd", (1, h, w, cin),
                                                     (3, 3, cin, cout), cfg.dtype)
 
@@ -77,7 +75,7 @@ def _winograd_bytes(cfg: LossConfig, shapes) -> int:
     kept, tiles = 0, 0
     for name, h, w, cout in shapes:
         cin = _INPUTS.get(name)
-        if cin and _uses_winograd(cfg, name, shapes):
+        if cin and _uses_winograd(cfg, name, h, w):
             kept += 36 * cin * cout * 4
             tiles = max(tiles, 2 * 36 * -(-h // 4) * -(-w // 4) * max(cin, cout) * 4)
     return kept + tiles
@@ -134,7 +132,7 @@ def predict(cfg: LossConfig, scfg: SolverConfig, height: int, width: int,
              "runtime": RUNTIME_OVERHEAD[scfg.kind]}
     winograd = resolve_conv(cfg.conv, platform) == "winograd"
     table["flipped kernels"] = sum(9 * ci * co * 4 for n, ci, co in convs
-                                   if not (winograd and _uses_winograd(cfg, n, shapes)))
+                                   if not (winograd and _uses_winograd(cfg, n, *by_name[n][1:3])))
     if winograd and (extra := _winograd_bytes(cfg, shapes)):
         table["winograd"] = extra
     total = sum(table.values())

@@ -209,11 +209,11 @@ def prepare_kernels(vgg: Vgg19, layers: Sequence[str], conv: str, dtype=jnp.floa
     for name, cin, cout in CONV_SPECS:
         if LAYERS.index(name) > deepest:
             break
-        if name not in layers and uses_winograd(  # fused with its ReLU
-                conv, _layer_input(name, cin, image_shape), (3, 3, cin, cout), dtype):
-            wino += [name] if "winograd" not in vgg.params[name] else []
-        elif "flipped" not in vgg.params[name]:
-            flip.append(name)
+        runs_winograd = name not in layers and uses_winograd(  # fused with its ReLU
+            conv, _layer_input(name, cin, image_shape), (3, 3, cin, cout), dtype)
+        kind, todo = ("winograd", wino) if runs_winograd else ("flipped", flip)
+        if kind not in vgg.params[name]:
+            todo.append(name)
     if not wino and not flip:
         return vgg
     done = _prepare(({name: vgg.params[name]["kernel"] for name in wino},
