@@ -45,7 +45,7 @@ from typing import Optional
 
 from stylejax.losses import LossConfig
 from stylejax.solvers import SolverConfig
-from stylejax.vgg import LAYERS, resolve_conv, uses_winograd
+from stylejax.vgg import LAYERS, resolve_conv, runs_winograd
 from stylejax.weights import CONV_SPECS
 
 RUNTIME_OVERHEAD = {"lbfgs": 220 * 2**20, "optax-lbfgs": 220 * 2**20, "adam": 150 * 2**20}
@@ -65,9 +65,7 @@ _INPUTS = {name: cin for name, cin, _ in CONV_SPECS}
 
 def _uses_winograd(cfg: LossConfig, name: str, h: int, w: int) -> bool:
     """Whether conv layer ``name``, on [h, w] maps, runs as Winograd in a Winograd run."""
-    cin, cout = _INPUTS[name], _CHANNELS[name]
-    return name not in cfg.layers and uses_winograd("winograd", (1, h, w, cin),
-                                                    (3, 3, cin, cout), cfg.dtype)
+    return runs_winograd(name, cfg.layers, "winograd", (1, h, w, _INPUTS[name]), cfg.dtype)
 
 
 def _winograd_bytes(cfg: LossConfig, shapes) -> int:

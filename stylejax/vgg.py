@@ -35,6 +35,7 @@ LAYERS: tuple[str, ...] = _layer_names()
 """All 37 layer names in network order: conv1_1, relu1_1, conv1_2, ..., pool5."""
 
 _DN = ("NHWC", "HWIO", "NHWC")
+_SPECS = {name: (cin, cout) for name, cin, cout in CONV_SPECS}
 
 
 def _conv(x, kernel):
@@ -153,6 +154,14 @@ def uses_winograd(conv: str, x_shape, kernel_shape, dtype) -> bool:
             and x_shape[1] * x_shape[2] >= WINOGRAD_MIN_PIXELS)
 
 
+def runs_winograd(name: str, layers: Sequence[str], conv: str, x_shape, dtype) -> bool:
+    """Whether conv layer ``name`` (e.g. "conv3_1"), with input ``x_shape`` [N, H, W, Cin],
+    runs as Winograd in a loss reading ``layers``: its pre-activation is not among them (so
+    it is fused with its ReLU) and `uses_winograd` says so."""
+    cin, cout = _SPECS[name]
+    return name not in layers and uses_winograd(conv, x_shape, (3, 3, cin, cout), dtype)
+
+
 def conv3x3_relu_winograd(x, kernel, bias, u=None):
     """`conv3x3_relu` computed with Winograd F(4x4, 3x3): same values to ~1e-6 relative,
     about 2.5x fewer FLOPs. ``u`` is the kernel's Winograd form [36, Cin, Cout]
@@ -206,12 +215,11 @@ def prepare_kernels(vgg: Vgg19, layers: Sequence[str], conv: str, dtype=jnp.floa
     layers = check_layers(layers)
     deepest = max(LAYERS.index(name) for name in layers)
     wino, flip = [], []
-    for name, cin, cout in CONV_SPECS:
+    for name, cin, _ in CONV_SPECS:
         if LAYERS.index(name) > deepest:
             break
-        runs_winograd = name not in layers and uses_winograd(  # fused with its ReLU
-            conv, _layer_input(name, cin, image_shape), (3, 3, cin, cout), dtype)
-        kind, todo = ("winograd", wino) if runs_winograd else ("flipped", flip)
+        fast = runs_winograd(name, layers, conv, _layer_input(name, cin, image_shape), dtype)
+        kind, todo = ("winograd", wino) if fast else ("flipped", flip)
         if kind not in vgg.params[name]:
             todo.append(name)
     if not wino and not flip:
