@@ -579,7 +579,6 @@ def prepare_masks(args, content, styles, max_pixels):
 
 
 CHECKPOINT = "checkpoint.msgpack"
-CHECKPOINT_VERSION = 2  # 2: the L-BFGS state holds its history's inner products (`lbfgs`)
 
 
 def _identity(rc: RunConfig, content_path, *input_paths) -> dict:
@@ -623,7 +622,7 @@ class _Outputs:
         atomic_write_bytes(self.out / "losses.json", json.dumps(self.log, indent=1).encode())
 
     def checkpoint(self, epoch, state):
-        record = {"format": "stylejax-checkpoint", "version": CHECKPOINT_VERSION, "epoch": epoch,
+        record = {"format": "stylejax-checkpoint", "version": 1, "epoch": epoch,
                   "identity": json.dumps(self.identity), "log": json.dumps(self.log),
                   "state": serialization.to_state_dict(state)}
         atomic_write_bytes(self.out / CHECKPOINT, serialization.msgpack_serialize(record))
@@ -639,10 +638,6 @@ class _Outputs:
             identity = json.loads(record["identity"])
         except Exception:  # msgpack and json raise several unrelated types for damaged input
             raise StylejaxError(f"{path} is damaged: delete it and start afresh.") from None
-        if record.get("version") != CHECKPOINT_VERSION:
-            raise StylejaxError(f"{path} was written by another stylejax version (format "
-                                f"{record.get('version')}, this one reads "
-                                f"{CHECKPOINT_VERSION}): start afresh without --resume.")
         if identity != self.identity:
             changed = sorted(k for k in set(identity) | set(self.identity)
                              if identity.get(k) != self.identity.get(k))
