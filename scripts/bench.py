@@ -229,8 +229,9 @@ def time_to_loss(vgg, content, style, target, kind, budget_s, iterations=10, coa
         x0 = imageio.resize(np.asarray(state.image)[0], *content.shape[:2])
     state, epoch, seconds = _compiled_epoch(vgg, content, style, x0, cfg, scfg)
     compile_s += seconds
-    loss, done = float(state.value), 0
-    while loss > target and time.perf_counter() - start - compile_s < budget_s:
+    loss, done = float(state.value), 0  # +inf from an L-BFGS fresh state: not evaluated yet
+    while loss > target and (not np.isfinite(loss)
+                             or time.perf_counter() - start - compile_s < budget_s):
         state = epoch(state)
         loss, done = float(state.value), done + iterations
     total = time.perf_counter() - start

@@ -32,7 +32,7 @@ from stylejax.errors import StylejaxError
 from stylejax.hostmem import compile_released
 from stylejax.losses import PRESETS, LossConfig, make_targets, network_warning, preset_config
 from stylejax.vgg import CONVS, min_size, prepare_kernels
-from stylejax.solvers import OPTIMIZERS, SolverConfig, init_state, run_epoch
+from stylejax.solvers import OPTIMIZERS, SolverConfig, fresh_state, init_state, run_epoch
 from stylejax.weights import atomic_write_bytes, load_vgg19
 
 # On CPU, XLA cannot reuse donated buffers and says so on every call; donation still pays
@@ -168,8 +168,11 @@ def stage_state(vgg, stage: Stage, cfg: LossConfig, scfg: SolverConfig, init, se
 
 
 def initial_state(scfg: SolverConfig, vgg, x0, targets, cfg: LossConfig):
-    """`solvers.init_state` at ``x0`` [1, H, W, 3], compiled ahead with the compiler's freed
-    heap released (`hostmem.compile_released`) before it runs."""
+    """The solver's state at ``x0`` [1, H, W, 3]: for L-BFGS `solvers.fresh_state` (the first
+    epoch evaluates it; nothing to compile here), else `solvers.init_state`, compiled ahead
+    with the compiler's freed heap released (`hostmem.compile_released`) before it runs."""
+    if scfg.kind == "lbfgs":
+        return fresh_state(scfg, x0)
     return compile_released(init_state, scfg, vgg, x0, targets, cfg)(vgg, x0, targets)
 
 

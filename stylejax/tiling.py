@@ -41,7 +41,7 @@ import numpy as np
 from stylejax.errors import StylejaxError
 from stylejax.hostmem import compile_released
 from stylejax.losses import LossConfig, _content_targets, make_targets
-from stylejax.solvers import SolverConfig, init_state
+from stylejax.solvers import SolverConfig, fresh_state, init_state
 from stylejax.vgg import LAYERS, min_size
 
 
@@ -199,9 +199,12 @@ def stylize_tiled(vgg, content, style, cfg: LossConfig, *, tile: int,
                 vgg, jnp.asarray(content[None, y:y + th, x:x + tw]), cfg),
                 "style": style_targets}
             crop = jnp.asarray(image[None, y:y + th, x:x + tw])
-            if init_fn is None:
-                init_fn = compile_released(init_state, scfg, vgg, crop, targets, cfg)
-            state = init_fn(vgg, crop, targets)
+            if scfg.kind == "lbfgs":
+                state = fresh_state(scfg, crop)  # the tile's epoch evaluates it first
+            else:
+                if init_fn is None:
+                    init_fn = compile_released(init_state, scfg, vgg, crop, targets, cfg)
+                state = init_fn(vgg, crop, targets)
             if epoch_fn is None:
                 epoch_fn = compiled_epoch(vgg, targets, cfg, scfg, state)
             state = epoch_fn(state, targets)

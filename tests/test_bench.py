@@ -47,5 +47,6 @@ def test_time_to_loss_with_a_coarse_start_runs_both_sizes(vgg):
     coarse = bench.time_to_loss(vgg, content, style, coarse=4, **kwargs)
     assert coarse["coarse_iterations"] == 4 and "half size" in coarse["optimizer"]
     assert not coarse["reached"] and coarse["compile_s"] > 0
-    # The full size starts from the coarse result, not from the content: another loss.
+    # The full size starts from the coarse result, not from the content: another loss (one
+    # epoch runs whatever the budget: the fresh L-BFGS state has no loss before it).
     assert np.isfinite(coarse["loss"]) and coarse["loss"] != plain["loss"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import stylejax
-from stylejax.solvers import SolverConfig, init_state, run_epoch
+from stylejax.solvers import SolverConfig, fresh_state, init_state, run_epoch
 
 CFG = stylejax.preset_config("johnson")
 
@@ -36,6 +36,28 @@ def test_state_is_carried_across_epochs(kind, lr, vgg, targets, content_image):
     np.testing.assert_allclose(image_a, image_b, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(values_a[-1], values_b[-1], rtol=1e-4)
     assert values_a[-1] < values_a[0]
+
+
+@pytest.mark.parametrize("lr", [0.0, 1e-4])
+def test_fresh_state_runs_as_init_state(lr, vgg, content_image, style_image):
+    """An L-BFGS `fresh_state` (no evaluation, no program of its own) takes the same
+    iterations as `init_state`: its first epoch evaluates it, then runs its own iterations."""
+    cfg = stylejax.preset_config("johnson", conv="direct")  # init_state's own convolution
+    targets = stylejax.make_targets(vgg, content_image, style_image, cfg)
+    scfg = SolverConfig("lbfgs", 3, lr, 10)
+    x0 = jnp.asarray(content_image[None])
+    ref, fresh = init_state(scfg, vgg, x0, targets, cfg), fresh_state(scfg, x0)
+    assert float(fresh.value) == np.inf
+    for _ in range(2):
+        ref = run_epoch(ref, vgg, targets, cfg=cfg, scfg=scfg)
+        fresh = run_epoch(fresh, vgg, targets, cfg=cfg, scfg=scfg)
+    np.testing.assert_allclose(np.asarray(fresh.image), np.asarray(ref.image), rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(float(fresh.value), float(ref.value), rtol=1e-5)
+    assert int(fresh.inner.iter_num) == int(ref.inner.iter_num) == 6
+    assert int(fresh.inner.num_fun_eval) == int(ref.inner.num_fun_eval)
+    with pytest.raises(stylejax.StylejaxError):
+        fresh_state(SolverConfig("adam"), x0)
 
 
 def test_lbfgs_loss_falls_every_epoch(vgg, targets, content_image):
