@@ -148,7 +148,7 @@ def fresh_state(scfg: SolverConfig, image) -> SolverState:
     """An L-BFGS state at ``image`` [1, H, W, 3] not yet evaluated (``value`` is +inf): the
     first `run_epoch` spends one extra iteration evaluating there, then goes on exactly as
     from `init_state`. No program of its own to compile (192 px on a 2-core CPU: the first
-    state's 1.0-1.6 s becomes one evaluation inside the first epoch, 0.15 s).
+    state's 1.4-1.8 s becomes 0.2 s, plus one evaluation inside the first epoch).
 
     The extra iteration is jaxopt's update from a zero gradient: its direction is zero, so
     the line search's first trial is ``image`` itself, which passes both Wolfe tests against
@@ -173,17 +173,25 @@ def fresh_state(scfg: SolverConfig, image) -> SolverState:
     return SolverState(image, inner, jnp.asarray(jnp.inf, real))
 
 
+def _is_fresh(inner):
+    """Whether jaxopt's L-BFGS state ``inner`` is a `fresh_state`'s, not yet evaluated."""
+    return inner.iter_num < 0
+
+
 def _jaxopt_iterations(solver, state: SolverState, iterations: int, *args) -> SolverState:
     """``iterations`` of ``solver`` (from `_jaxopt_lbfgs`) from ``state``, plus the
     evaluating one a `fresh_state` needs first; ``args`` go to its objective."""
     def body(_, carry):
         x, inner = carry
         x, new = solver.update(x, inner, *args)
-        fresh = inner.iter_num < 0  # this update evaluated a fresh state: start as init_state
-        gamma = jnp.where(fresh, _first_gamma(new.grad).astype(new.gamma.dtype), new.gamma)
+        # After evaluating a fresh state, start as init_state does (the sum over the
+        # gradient only then, not every iteration).
+        gamma = jax.lax.cond(_is_fresh(inner),
+                             lambda g: _first_gamma(g).astype(new.gamma.dtype),
+                             lambda _: new.gamma, new.grad)
         return x, new._replace(gamma=gamma)
 
-    extra = (state.inner.iter_num < 0).astype(jnp.int32)
+    extra = _is_fresh(state.inner).astype(jnp.int32)
     x, inner = jax.lax.fori_loop(0, iterations + extra, body, (state.image, state.inner))
     return SolverState(x, inner, inner.value)
 
