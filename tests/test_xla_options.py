@@ -1,5 +1,5 @@
-"""`stylejax.xla_options`: our programs run convolutions outside YNNPACK; dots inside it only
-in a program of direct convolutions."""
+"""`stylejax.xla_options`: which of a program's convolutions and dots run in YNNPACK, by the
+program's convolution algorithm and the CPU (with AVX-512 or without)."""
 
 from __future__ import annotations
 
@@ -22,27 +22,45 @@ def _conv_and_dot(x, k):
     return y, jnp.einsum("bnc,bcd->bnd", y.reshape(4, 64, 64), k.reshape(9, 64, 64)[:4])
 
 
-def test_direct_programs_keep_ynnpack_for_dots_only_winograd_ones_none():
+@pytest.mark.parametrize("avx512", [False, True])
+def test_ynnpack_runs_dots_of_direct_programs_and_convolutions_of_winograd_ones_on_avx512(
+        monkeypatch, avx512):
+    monkeypatch.setattr(xla_options, "has_avx512", lambda: avx512)
     jitted = jax.jit(lambda x, k, cfg: _conv_and_dot(x, k), static_argnames="cfg")
     default = jitted.lower(_X, _K, cfg=None).compile().as_text()
     # XLA's own default puts both into YNNPACK fusions.
     if default.count("__ynn_fusion") < 2:
         pytest.skip("this jaxlib's defaults don't put convolutions into YNNPACK")
-    for conv, fusions in (("direct", 1), ("winograd", 0), ("auto", 0)):
+    # op: (its name in a YNNPACK fusion's line, its HLO opcode when XLA runs it itself)
+    ops = {"dot": ("dot_general", " dot("), "conv": ("conv_general_dilated", " convolution(")}
+    in_ynnpack = {"direct": "dot", "winograd": "conv" if avx512 else None}
+    in_ynnpack["auto"] = in_ynnpack["winograd"]
+    for conv, op in in_ynnpack.items():
         # The algorithm is read off the config argument, as the solver's programs pass it.
         compiled = hostmem.compile_released(jitted, _X, _K, cfg=LossConfig(conv=conv))
         entry = compiled.as_text()[compiled.as_text().index("\nENTRY"):]
         fused = [line for line in entry.splitlines() if "__ynn_fusion" in line]
-        assert len(fused) == fusions, (conv, fused)
-        assert all("dot_general" in line for line in fused)  # the dot, in YNNPACK
-        assert " convolution(" in entry  # the convolution, by XLA itself (Eigen)
+        assert len(fused) == (op is not None), (conv, fused)
+        assert all(ops[op][0] in line for line in fused)
+        for other in set(ops) - {op}:  # the other, by XLA itself (Eigen)
+            assert ops[other][1] in entry, (conv, other)
         for u, v in zip(jitted(_X, _K, cfg=None), compiled(_X, _K)):
             np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-5)
 
 
+def test_has_avx512_reads_the_cpu_flags():
+    try:
+        flags = next(line.split() for line in open("/proc/cpuinfo") if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = []
+    assert xla_options.has_avx512() == ("avx512f" in flags)
+
+
 def test_a_rejected_option_falls_back_to_xla_defaults(monkeypatch):
     bad = {xla_options.YNN_OPTION: "LIBRARY_FUSION_TYPE_NO_SUCH_THING"}
-    monkeypatch.setattr(xla_options, "CPU_OPTIONS", {"winograd": bad, "direct": bad})
+    monkeypatch.setattr(xla_options, "CPU_OPTIONS",
+                        {(conv, avx512): bad for conv in ("winograd", "direct")
+                         for avx512 in (False, True)})
     monkeypatch.setattr(xla_options, "_rejected", False)
     compiled = hostmem.compile_released(jax.jit(lambda x: x * 2), jnp.arange(3.0))
     np.testing.assert_allclose(compiled(jnp.arange(3.0)), [0, 2, 4])
@@ -53,6 +71,8 @@ def test_a_users_xla_flags_win(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", f"--{xla_options.YNN_OPTION}=")
     assert xla_options.compiler_options() == {}
     monkeypatch.delenv("XLA_FLAGS")
-    assert xla_options.compiler_options() == xla_options.CPU_OPTIONS["winograd"]  # auto
-    assert xla_options.compiler_options(conv="direct") == xla_options.CPU_OPTIONS["direct"]
+    avx512 = xla_options.has_avx512()
+    assert xla_options.compiler_options() == xla_options.CPU_OPTIONS["winograd", avx512]  # auto
+    assert (xla_options.compiler_options(conv="direct")
+            == xla_options.CPU_OPTIONS["direct", avx512])
     assert xla_options.compiler_options("gpu") == {}
