@@ -21,8 +21,8 @@ change in a direct program was level there (256 px: 277 vs 278 ms).
 
 So a program with Winograd's convolutions (``--conv auto`` on a CPU) compiles with YNNPACK
 for its convolutions only on a CPU with AVX-512 and with YNNPACK off elsewhere, and a direct
-one with YNNPACK for dots only. The programs we compile ahead are the solver's epochs,
-Adam's first state, batches, tiles and the benchmark's.
+one with YNNPACK for dots only. The programs we compile ahead are the solvers'
+epochs and first states, batches, tiles and the benchmark's.
 
 This is XLA's ``xla_cpu_experimental_ynn_fusion_type`` option, set per program (never in the
 environment): a jaxlib that no longer knows it compiles with its own defaults instead, and a
