@@ -48,7 +48,7 @@ from stylejax import images as imageio  # noqa: E402
 from stylejax.driver import (compiled_epoch, enable_compilation_cache,  # noqa: E402
                              initial_state)
 from stylejax.hostmem import compile_released  # noqa: E402
-from stylejax.solvers import SolverConfig, init_state  # noqa: E402
+from stylejax.solvers import SolverConfig  # noqa: E402
 from stylejax.vgg import LAYERS, prepare_kernels, resolve_conv  # noqa: E402
 from stylejax.weights import CAFFE, CONV_SPECS, Vgg19  # noqa: E402
 
@@ -164,13 +164,14 @@ def value_and_grad_race(vgg, np_params, size, repeats, dtype="float32", conv="di
 
 
 def epoch_timing(vgg, size, iterations, conv="direct"):
-    """Compile time of the first epoch, then steady seconds per L-BFGS iteration."""
+    """Seconds from the targets to a compiled first epoch (the first state, kernel forms,
+    tracing, compiling: as the CLI starts), then steady seconds per L-BFGS iteration."""
     cfg = bench_config(conv=conv)
     content, style = bench_images(size)
     targets = stylejax.make_targets(vgg, content, style, cfg)
     scfg = SolverConfig("lbfgs", iterations=iterations)
     start = time.perf_counter()
-    state = init_state(scfg, vgg, jnp.asarray(content[None]), targets, cfg)
+    state = initial_state(scfg, vgg, jnp.asarray(content[None]), targets, cfg)  # as the CLI
     epoch = compiled_epoch(vgg, targets, cfg, scfg, state)
     compile_s = time.perf_counter() - start
     state = epoch(state)
