@@ -216,20 +216,23 @@ def time_to_loss(vgg, content, style, target, kind, budget_s, iterations=10, coa
     ``coarse`` > 0 first runs that many iterations at half the size and starts the full size
     from the result, upsampled (the CLI's ``--scales``, coarse to fine). ``seconds`` counts
     everything from the first call (targets, compilation, both sizes); ``solve_s`` leaves out
-    the one-off compilations. ``conv``: our convolution algorithm.
+    the one-off compilations (``compile_s``; ``start_up_pieces_s`` splits it as
+    `_compiled_epoch` does, both sizes summed). ``conv``: our convolution algorithm.
     """
     cfg, scfg = bench_config(conv=conv), _solver_config(kind, iterations)
     start, compile_s, x0 = time.perf_counter(), 0.0, content
     if coarse:
         h, w = content.shape[0] // 2, content.shape[1] // 2
         small = [imageio.resize(a, h, w) for a in (content, style)]
-        state, epoch, seconds = _compiled_epoch(vgg, *small, small[0], cfg, scfg)
+        state, epoch, seconds, coarse_pieces = _compiled_epoch(vgg, *small, small[0], cfg, scfg)
         compile_s += seconds
         for _ in range(coarse // iterations):
             state = epoch(state)
         x0 = imageio.resize(np.asarray(state.image)[0], *content.shape[:2])
-    state, epoch, seconds = _compiled_epoch(vgg, content, style, x0, cfg, scfg)
+    state, epoch, seconds, pieces = _compiled_epoch(vgg, content, style, x0, cfg, scfg)
     compile_s += seconds
+    if coarse:
+        pieces = {k: v + coarse_pieces[k] for k, v in pieces.items()}  # both sizes
     loss, done = float(state.value), 0  # +inf from an L-BFGS fresh state: not evaluated yet
     while loss > target and (not np.isfinite(loss)
                              or time.perf_counter() - start - compile_s < budget_s):
@@ -239,7 +242,8 @@ def time_to_loss(vgg, content, style, target, kind, budget_s, iterations=10, coa
     name = f"{kind}, {coarse} at half size first" if coarse else kind
     name += f", {conv}"
     return {"optimizer": name, "conv": conv, "seconds": total, "solve_s": total - compile_s,
-            "compile_s": compile_s, "reached": loss <= target, "loss": loss,
+            "compile_s": compile_s, "start_up_pieces_s": pieces, "reached": loss <= target,
+            "loss": loss,
             "iterations": done, "coarse_iterations": coarse}
 
 
@@ -249,18 +253,59 @@ def _solver_config(kind, iterations):
 
 def start_up_s(vgg, content, style, kind, iterations=10, conv="direct"):
     """Seconds from the first call to a compiled first epoch (targets, first state, tracing,
-    compiling or loading from the compilation cache): `time_to_loss`'s ``compile_s``."""
+    compiling or loading from the compilation cache): `time_to_loss`'s ``compile_s``; and
+    those seconds by piece (its ``start_up_pieces_s``)."""
     cfg, scfg = bench_config(conv=conv), _solver_config(kind, iterations)
-    return _compiled_epoch(vgg, content, style, content, cfg, scfg)[2]
+    return _compiled_epoch(vgg, content, style, content, cfg, scfg)[2:]
+
+
+# JAX's own timings of the solver epoch's start (`jax.monitoring`), by piece.
+_EPOCH_EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "tracing",
+                 "/jax/core/compile/jaxpr_to_mlir_module_duration": "lowering",
+                 # XLA's compile, or the compilation cache's load where it has the program
+                 "/jax/core/compile/backend_compile_duration": "compiling"}
+
+
+class StartUpPieces:
+    """Collects, while active, JAX's durations for tracing, lowering and compiling (or
+    loading from the compilation cache) the solver epoch (`solvers.run_epoch`), in seconds."""
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(_EPOCH_EVENTS.values(), 0.0)
+
+    def _record(self, event, duration, fun_name=None, **_):
+        piece = _EPOCH_EVENTS.get(event)
+        # Nested jitted functions report their own tracing inside the epoch's: only the
+        # epoch's counts; every compile (or cache load) does.
+        if piece and (piece == "compiling" or fun_name in ("run_epoch", "jit(run_epoch)")):
+            self.seconds[piece] += duration
+
+    def __enter__(self):
+        jax.monitoring.register_event_duration_secs_listener(self._record)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._record)
 
 
 def _compiled_epoch(vgg, content, style, x0, cfg, scfg):
-    """(initial state, compiled epoch: state -> state, seconds for targets and compiling)."""
+    """(initial state, compiled epoch: state -> state, seconds for targets and compiling,
+    those seconds by piece: the targets, the first state, the epoch's tracing and lowering,
+    XLA's compiling (or loading from the compilation cache) of the epoch and of the kernels'
+    forms, and the rest: running those forms, the compile's Python side)."""
     start = time.perf_counter()
     targets = stylejax.make_targets(vgg, content, style, cfg)
+    jax.block_until_ready(targets)
+    made = time.perf_counter()
     state = initial_state(scfg, vgg, jnp.asarray(x0[None]), targets, cfg)  # as the CLI
-    epoch = compiled_epoch(vgg, targets, cfg, scfg, state)
-    return state, epoch, time.perf_counter() - start
+    jax.block_until_ready(state)
+    first = time.perf_counter()
+    with StartUpPieces() as epoch_pieces:
+        epoch = compiled_epoch(vgg, targets, cfg, scfg, state)
+    end = time.perf_counter()
+    pieces = {"targets": made - start, "first state": first - made, **epoch_pieces.seconds}
+    pieces["rest"] = end - start - sum(pieces.values())
+    return state, epoch, end - start, pieces
 
 
 def peak_memory(side, size, conv="direct"):
@@ -278,6 +323,9 @@ def _print_converge(r, ref):
           f"{r['compile_s']:.1f} s start-up {r['solve_s']:.1f} s, "
           f"{r['solve_s'] / ref['seconds']:.2f}x), {status} after {r['iterations']} "
           f"iterations, loss {r['loss']:.6g}", flush=True)
+    if r["optimizer"].startswith("lbfgs"):
+        print("    start-up: " + ", ".join(f"{k} {v:.2f} s"
+                                           for k, v in r["start_up_pieces_s"].items()))
 
 
 def main():
@@ -389,9 +437,10 @@ def main():
             report["converge"]["ours"].append(r)
             _print_converge(r, ref)
         jax.clear_caches()
-        start_up = start_up_s(vgg, content, style, "lbfgs", conv=first)
+        start_up, pieces = start_up_s(vgg, content, style, "lbfgs", conv=first)
         r = dict(r, optimizer=r["optimizer"] + ", programs cached", compile_s=start_up,
-                 seconds=start_up + r["solve_s"], compilation_cache="warm")
+                 start_up_pieces_s=pieces, seconds=start_up + r["solve_s"],
+                 compilation_cache="warm")
         report["converge"]["ours"].append(r)
         _print_converge(r, ref)
     if "throughput" not in skip and (args.batches or jax.default_backend() != "cpu"):

@@ -169,7 +169,7 @@ def stage_state(vgg, stage: Stage, cfg: LossConfig, scfg: SolverConfig, init, se
 
 def initial_state(scfg: SolverConfig, vgg, x0, targets, cfg: LossConfig):
     """The solver's state at ``x0`` [1, H, W, 3]: for L-BFGS `solvers.fresh_state` (the first
-    epoch evaluates it; nothing to compile here), else `solvers.init_state`, compiled ahead
+    epoch evaluates it; no evaluation to compile here), else `solvers.init_state`, compiled ahead
     with the compiler's freed heap released (`hostmem.compile_released`) before it runs."""
     if scfg.kind == "lbfgs":
         return fresh_state(scfg, x0)
