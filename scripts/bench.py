@@ -243,8 +243,7 @@ def time_to_loss(vgg, content, style, target, kind, budget_s, iterations=10, coa
     name += f", {conv}"
     return {"optimizer": name, "conv": conv, "seconds": total, "solve_s": total - compile_s,
             "compile_s": compile_s, "start_up_pieces_s": pieces, "reached": loss <= target,
-            "loss": loss,
-            "iterations": done, "coarse_iterations": coarse}
+            "loss": loss, "iterations": done, "coarse_iterations": coarse}
 
 
 def _solver_config(kind, iterations):
@@ -267,16 +266,16 @@ _EPOCH_EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "tracing",
 
 
 class StartUpPieces:
-    """Collects, while active, JAX's durations for tracing, lowering and compiling (or
-    loading from the compilation cache) the solver epoch (`solvers.run_epoch`), in seconds."""
+    """Collects, while active, JAX's durations in seconds: tracing and lowering the solver
+    epoch (`solvers.run_epoch`), and every XLA compile (or load from the compilation cache):
+    the epoch's and the kernel forms' (`vgg.prepare_kernels`), whose tracing and lowering are
+    left to the caller's rest."""
 
     def __init__(self):
         self.seconds = dict.fromkeys(_EPOCH_EVENTS.values(), 0.0)
 
     def _record(self, event, duration, fun_name=None, **_):
         piece = _EPOCH_EVENTS.get(event)
-        # Nested jitted functions report their own tracing inside the epoch's: only the
-        # epoch's counts; every compile (or cache load) does.
         if piece and (piece == "compiling" or fun_name in ("run_epoch", "jit(run_epoch)")):
             self.seconds[piece] += duration
 
@@ -292,7 +291,9 @@ def _compiled_epoch(vgg, content, style, x0, cfg, scfg):
     """(initial state, compiled epoch: state -> state, seconds for targets and compiling,
     those seconds by piece: the targets, the first state, the epoch's tracing and lowering,
     XLA's compiling (or loading from the compilation cache) of the epoch and of the kernels'
-    forms, and the rest: running those forms, the compile's Python side)."""
+    forms (`StartUpPieces`), and the rest: tracing, lowering and running those forms, the
+    compile's Python side). It waits for the targets and the first state, so each piece is
+    timed alone; the CLI doesn't, so its start-up may overlap them by a few milliseconds."""
     start = time.perf_counter()
     targets = stylejax.make_targets(vgg, content, style, cfg)
     jax.block_until_ready(targets)

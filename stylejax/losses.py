@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Optional, Sequence
 
 import jax
@@ -275,8 +276,8 @@ def make_targets(vgg: Vgg19, content, style, cfg: LossConfig, style_blend_weight
         style_blend_weights = [1.0] * len(styles)
     style_blend_weights = [float(w) for w in style_blend_weights]
     if len(style_blend_weights) != len(styles) or min(style_blend_weights) < 0 \
-            or sum(style_blend_weights) <= 0:
-        raise StylejaxError("Give one non-negative blend weight per style image, not all zero.")
+            or sum(style_blend_weights) <= 0 or not all(map(math.isfinite, style_blend_weights)):
+        raise StylejaxError("Give one finite, non-negative blend weight per style image, not all zero.")
     if style_masks is None:
         style_masks = [None] * len(styles)
     if len(style_masks) != len(styles):
@@ -305,11 +306,12 @@ def make_targets(vgg: Vgg19, content, style, cfg: LossConfig, style_blend_weight
 
 
 # The two below are jitted so that combining the styles' Grams is one small program, not an
-# eagerly compiled operation per layer and operator (192 px, one style: 0.25 s of a 0.8 s
-# make_targets went to ten such compiles).
+# eagerly compiled operation per layer and operator (192 px, one style: ten such compiles;
+# cold make_targets 0.64 -> 0.48 s without them).
 @jax.jit
 def _blend(weights, grams):
-    """Each layer's ``Σ_s weights[s] · grams[s][layer]`` (``weights`` [S], summing to 1)."""
+    """Each layer's ``Σ_s weights[s] · grams[s][layer]`` (``weights`` [S], summing to 1). The
+    eager sum's order; XLA fuses each multiply and add, so it agrees with it to an ulp."""
     return jax.tree.map(lambda *g: sum(weights[i] * a for i, a in enumerate(g)), *grams)
 
 
@@ -317,7 +319,7 @@ def _blend(weights, grams):
 def _region_targets(masks, weights, grams, layers):
     """``masks`` [R, H, W] with the style ``weights`` [R] and each style's Grams -> the
     targets' ``"masks"`` ({layer: [R, h, w]}), ``"region_weights"`` ({layer: [R]}, the λ_r)
-    and ``"style"`` ({layer: [R, C, C]})."""
+    and ``"style"`` ({layer: [R, C, C]}); as the former eager code gave them, to an ulp."""
     layered = layer_masks(masks, layers)
     region_weights = {}
     for name, m in layered.items():

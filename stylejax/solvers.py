@@ -148,7 +148,7 @@ def fresh_state(scfg: SolverConfig, image) -> SolverState:
     """An L-BFGS state at ``image`` [1, H, W, 3] not yet evaluated (``value`` is +inf): the
     first `run_epoch` spends one extra iteration evaluating there, then goes on exactly as
     from `init_state`. No evaluation to compile (192 px on a 2-core CPU: the first state's
-    1.4-1.8 s becomes 0.08 s, plus one evaluation inside the first epoch).
+    1.4-1.8 s becomes about 0.1 s, plus one evaluation inside the first epoch).
 
     The extra iteration is jaxopt's update from a zero gradient: its direction is zero, so
     the line search's first trial is ``image`` itself, which passes both Wolfe tests against

@@ -113,6 +113,9 @@ def test_blend_weights(vgg, content_image, style_image):
     for t in (same, first):
         for k in one["style"]:
             np.testing.assert_allclose(t["style"][k], one["style"][k], rtol=1e-5, atol=1e-6)
+    for bad in ([1, float("nan")], [float("inf")], [0, 0], [-1, 2]):
+        with pytest.raises(stylejax.StylejaxError, match="blend weight"):
+            stylejax.make_targets(vgg, content_image, [style_image] * len(bad), cfg, bad)
 
 
 def test_presets_and_validation():

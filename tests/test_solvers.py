@@ -40,7 +40,7 @@ def test_state_is_carried_across_epochs(kind, lr, vgg, targets, content_image):
 
 @pytest.mark.parametrize("lr", [0.0, 1e-4])
 def test_fresh_state_runs_as_init_state(lr, vgg, content_image, style_image):
-    """An L-BFGS `fresh_state` (no evaluation, no program of its own) takes the same
+    """An L-BFGS `fresh_state` (not evaluated: no evaluation to compile) takes the same
     iterations as `init_state`: its first epoch evaluates it, then runs its own iterations."""
     cfg = stylejax.preset_config("johnson", conv="direct")  # init_state's own convolution
     targets = stylejax.make_targets(vgg, content_image, style_image, cfg)
