@@ -168,12 +168,18 @@ def stage_state(vgg, stage: Stage, cfg: LossConfig, scfg: SolverConfig, init, se
 
 
 def initial_state(scfg: SolverConfig, vgg, x0, targets, cfg: LossConfig):
-    """The solver's state at ``x0`` [1, H, W, 3]: for L-BFGS `solvers.fresh_state` (the first
-    epoch evaluates it; no evaluation to compile here), else `solvers.init_state`, compiled ahead
-    with the compiler's freed heap released (`hostmem.compile_released`) before it runs."""
+    """The solver's state at ``x0`` [1, H, W, 3] (`state_maker`'s, made once)."""
+    return state_maker(scfg, vgg, x0, targets, cfg)(vgg, x0, targets)
+
+
+def state_maker(scfg: SolverConfig, vgg, x0, targets, cfg: LossConfig):
+    """``make(vgg, x, targets) -> SolverState`` for images and targets shaped as ``x0`` [1, H,
+    W, 3] and ``targets``: for L-BFGS `solvers.fresh_state` (the first epoch evaluates it; no
+    evaluation to compile), else `solvers.init_state`, compiled ahead here with the
+    compiler's freed heap released (`hostmem.compile_released`) before it first runs."""
     if scfg.kind == "lbfgs":
-        return fresh_state(scfg, x0)
-    return compile_released(init_state, scfg, vgg, x0, targets, cfg)(vgg, x0, targets)
+        return lambda vgg, x, targets: fresh_state(scfg, x)
+    return compile_released(init_state, scfg, vgg, x0, targets, cfg)
 
 
 def _check_masks(content, styles, content_masks, style_masks):

@@ -276,8 +276,10 @@ def make_targets(vgg: Vgg19, content, style, cfg: LossConfig, style_blend_weight
         style_blend_weights = [1.0] * len(styles)
     style_blend_weights = [float(w) for w in style_blend_weights]
     if len(style_blend_weights) != len(styles) or min(style_blend_weights) < 0 \
-            or sum(style_blend_weights) <= 0 or not all(map(math.isfinite, style_blend_weights)):
-        raise StylejaxError("Give one finite, non-negative blend weight per style image, not all zero.")
+            or sum(style_blend_weights) <= 0 \
+            or not all(map(math.isfinite, style_blend_weights)):
+        raise StylejaxError("Give one finite, non-negative blend weight per style image, not "
+                            "all zero.")
     if style_masks is None:
         style_masks = [None] * len(styles)
     if len(style_masks) != len(styles):

@@ -39,9 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from stylejax.errors import StylejaxError
-from stylejax.hostmem import compile_released
 from stylejax.losses import LossConfig, _content_targets, make_targets
-from stylejax.solvers import SolverConfig, fresh_state, init_state
+from stylejax.solvers import SolverConfig
 from stylejax.vgg import LAYERS, min_size
 
 
@@ -148,7 +147,8 @@ def stylize_tiled(vgg, content, style, cfg: LossConfig, *, tile: int,
     four image-sized float32 buffers on the host.
     """
     from stylejax.driver import (call_inputs, check_finite, colour_inputs, compiled_epoch,
-                                 initial_image, initial_state, run_epochs, shown_image)
+                                 initial_image, initial_state, run_epochs, shown_image,
+                                 state_maker)
 
     scfg, content, styles = call_inputs(epochs, preserve_colors, optimizer, max_iter, lr,
                                         history, content, style)
@@ -199,12 +199,9 @@ def stylize_tiled(vgg, content, style, cfg: LossConfig, *, tile: int,
                 vgg, jnp.asarray(content[None, y:y + th, x:x + tw]), cfg),
                 "style": style_targets}
             crop = jnp.asarray(image[None, y:y + th, x:x + tw])
-            if scfg.kind == "lbfgs":
-                state = fresh_state(scfg, crop)  # the tile's epoch evaluates it first
-            else:
-                if init_fn is None:
-                    init_fn = compile_released(init_state, scfg, vgg, crop, targets, cfg)
-                state = init_fn(vgg, crop, targets)
+            if init_fn is None:
+                init_fn = state_maker(scfg, vgg, crop, targets, cfg)
+            state = init_fn(vgg, crop, targets)
             if epoch_fn is None:
                 epoch_fn = compiled_epoch(vgg, targets, cfg, scfg, state)
             state = epoch_fn(state, targets)

@@ -23,8 +23,8 @@ So a program with Winograd's convolutions (``--conv auto`` on a CPU) compiles wi
 for its convolutions only on a CPU with AVX-512 and with YNNPACK off elsewhere, and a direct
 one with YNNPACK for dots only. AVX-512 is a proxy: the Winograd program was measured on the
 Zen 5 CPU alone among the AVX-512 ones (on an older AVX-512 EPYC, Eigen's convolutions beat
-YNNPACK's by 5% in a whole direct program, which this rule leaves alone). The programs we compile ahead are the solvers'
-epochs and first states, batches, tiles and the benchmark's.
+YNNPACK's by 5% in a whole direct program, which this rule leaves alone). The programs we
+compile ahead are the solvers' epochs and first states, batches, tiles and the benchmark's.
 
 This is XLA's ``xla_cpu_experimental_ynn_fusion_type`` option, set per program (never in the
 environment): a jaxlib that no longer knows it compiles with its own defaults instead, and a
