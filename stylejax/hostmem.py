@@ -29,9 +29,14 @@ from stylejax.xla_options import compile_lowered
 
 # glibc's mallopt parameters (malloc.h) and the values `keep_step_heap` sets.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD = 8 * 2**20  # blocks below it come from the heap, larger ones are mapped
-TRIM_THRESHOLD = 64 * 2**20  # free heap kept at the top of an arena (a worker thread's arena
-# is at most 64 MB) before glibc trims it; 256 MB added 30-85 MB to the 512 px peak RSS
+# glibc's adaptive thresholds at the values they adapt to (the mmap threshold's ceiling and
+# twice it), fixed from the start. Other code in the process is then treated as glibc would
+# treat it once warmed up: PyTorch's 256 and 512 px value+grad measured level with them. An
+# 8 MB mmap threshold ran our steps 1-2% faster but PyTorch's 25% slower at 512 px (its 8-32
+# MB activations mapped and faulted in on every use); a 256 MB trim threshold added 30-85 MB
+# to our 512 px peak RSS.
+MMAP_THRESHOLD = 32 * 2**20  # blocks below it come from the heap, larger ones are mapped
+TRIM_THRESHOLD = 64 * 2**20  # free heap kept at the top of an arena before glibc trims it
 _USER_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_",
                   "MALLOC_MMAP_MAX_")
 
@@ -60,7 +65,7 @@ def _user_set_thresholds(environ) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def keep_step_heap() -> bool:
-    """Fixes glibc's malloc thresholds for the whole process, once: blocks under 8 MB come
+    """Fixes glibc's malloc thresholds for the whole process, once: blocks under 32 MB come
     from the heap, and up to 64 MB of free heap stays mapped per arena, so scratch that a
     compiled step frees is reused by its next call instead of being unmapped and faulted in
     again. True if set; False (nothing done) where the C library is not glibc or the

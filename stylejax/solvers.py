@@ -100,7 +100,7 @@ def _jaxopt_lbfgs(scfg: SolverConfig, value_and_grad):
     if scfg.lr > 0:
         return jaxopt.LBFGS(fun=value_and_grad, value_and_grad=True, maxiter=scfg.iterations,
                             history_size=scfg.history, tol=0.0, stepsize=scfg.lr)
-    # Line-search settings chosen by measurement (see README, "Performance"): the first
+    # Line-search settings chosen by measurement (see README, "Optimizers"): the first
     # trial step is the full quasi-Newton step (1) at every iteration, as torch's L-BFGS
     # does. jaxopt's default ("increase") restarts from 1.5x the previous accepted step, so
     # after one short step it needs many iterations to grow back to 1.
