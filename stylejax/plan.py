@@ -26,7 +26,8 @@ The model (bytes; E = 4 for float32 activations, 2 for bfloat16; image = H*W*3*4
 - ``flipped kernels``: the flipped copy of each direct layer's kernel that the input
   gradient convolves with (9 * Cin * Cout * 4; made once per run, `vgg.prepare_kernels`).
 - ``runtime``: a fixed ``RUNTIME_OVERHEAD[kind]`` (XLA's runtime and the compiled program;
-  the compiler's scratch heap is released before the run, `hostmem`). Fitted on CPU to the
+  the compiler's scratch heap is released before the run, and the steps' scratch kept between
+  calls, `hostmem`: 20-40 MB more at 512 px, inside the fit's errors). Fitted on CPU to the
   peak RSS growth of runs minus the terms above: L-BFGS at 128-512 px, direct and Winograd
   (errors -17% to +20%), Adam at 256 and 512 px.
 - with tiling, everything above is for one tile, and ``host tiling buffers`` adds the full-size
