@@ -13,9 +13,9 @@ on a 2-core CPU: at 192 px 35,000-80,000 page faults per ten L-BFGS iterations a
 the CPU time in the kernel; at 512 px some processes fell into 500,000 faults per ten
 iterations and ran up to 13% slower. `keep_step_heap` fixes both thresholds so such scratch
 stays mapped between calls: 18,000 faults per ten iterations at 192 px (XLA's temporary
-buffer, mapped once per call), half the kernel time, iterations 3-7% faster at 192 px and
-3-4% at 512 px, peak RSS level. This module only touches the C allocator, never JAX arrays
-(it imports no JAX, so a benchmark can use it on a PyTorch side as well).
+buffer, mapped once per call), half the kernel time, iterations 2-4% faster at 192 and 512
+px, the 512 px peak RSS 20-40 MB higher. This module only touches the C allocator, never JAX
+arrays (it imports no JAX, so a benchmark can use it on a PyTorch side as well).
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from stylejax.xla_options import compile_lowered
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 # glibc's adaptive thresholds at the values they adapt to (the mmap threshold's ceiling and
 # twice it), fixed from the start. Other code in the process is then treated as glibc would
-# treat it once warmed up: PyTorch's 256 and 512 px value+grad measured level with them. An
-# 8 MB mmap threshold ran our steps 1-2% faster but PyTorch's 25% slower at 512 px (its 8-32
-# MB activations mapped and faulted in on every use); a 256 MB trim threshold added 30-85 MB
-# to our 512 px peak RSS.
+# treat it once warmed up: PyTorch's 256 and 512 px value+grad measured level with them.
+# An 8 MB mmap threshold ran our steps at most 1% faster but PyTorch's 25% slower at 512 px
+# (its 8-32 MB activations mapped and faulted in on every use); a 256 MB trim threshold
+# added 30-85 MB to our 512 px peak RSS.
 MMAP_THRESHOLD = 32 * 2**20  # blocks below it come from the heap, larger ones are mapped
 TRIM_THRESHOLD = 64 * 2**20  # free heap kept at the top of an arena before glibc trims it
 _USER_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_",
