@@ -37,8 +37,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 # added 30-85 MB to our 512 px peak RSS.
 MMAP_THRESHOLD = 32 * 2**20  # blocks below it come from the heap, larger ones are mapped
 TRIM_THRESHOLD = 64 * 2**20  # free heap kept at the top of an arena before glibc trims it
-_USER_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_",
-                  "MALLOC_MMAP_MAX_")
+# glibc's tunables that set them (or stop their adapting); each is also a MALLOC_<NAME>_
+# environment variable.
+_THRESHOLD_TUNABLES = ("trim_threshold", "mmap_threshold", "top_pad", "mmap_max")
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,16 +52,11 @@ def _libc(name: str):
         return None
 
 
-def _malloc_trim():
-    return _libc("malloc_trim")
-
-
 def _user_set_thresholds(environ) -> bool:
     """Whether the environment sets glibc's malloc thresholds itself (they then win)."""
     tunables = environ.get("GLIBC_TUNABLES", "")
-    return (any(name in environ for name in _USER_SETTINGS)
-            or any(f"glibc.malloc.{t}" in tunables
-                   for t in ("trim_threshold", "mmap_threshold", "top_pad", "mmap_max")))
+    return any(f"MALLOC_{t.upper()}_" in environ or f"glibc.malloc.{t}" in tunables
+               for t in _THRESHOLD_TUNABLES)
 
 
 @functools.lru_cache(maxsize=None)
@@ -77,15 +73,16 @@ def keep_step_heap() -> bool:
     mallopt = _libc("mallopt")
     if mallopt is None or _user_set_thresholds(os.environ):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) & bool(
-        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    set_mmap = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    set_trim = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    return bool(set_mmap and set_trim)
 
 
 def release_freed_memory() -> bool:
     """Returns freed heap memory kept by the C allocator to the operating system (glibc's
     ``malloc_trim(0)``: every arena, not only its top). True if the allocator supports it;
     False (and nothing done) elsewhere."""
-    trim = _malloc_trim()
+    trim = _libc("malloc_trim")
     if trim is None:
         return False
     trim(0)

@@ -20,7 +20,7 @@ def _rss_mb() -> float:
         return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or hostmem._malloc_trim() is None,
+@pytest.mark.skipif(not sys.platform.startswith("linux") or hostmem._libc("malloc_trim") is None,
                     reason="malloc_trim is glibc's")
 def test_release_hands_freed_heap_back():
     libc = ctypes.CDLL(None)
