@@ -774,7 +774,7 @@ def _main(argv) -> int:
     image = shown_image(rc.preserve_colors, state.image, stage.content)
     bar = tqdm(total=per * n, initial=min(done, per * n), unit="epoch", file=sys.stderr,
                dynamic_ncols=True)
-    last = time.perf_counter()
+    last, stopped = time.perf_counter(), None
     try:
         with _StopOnSignal() as stop:
             for k in range(k0, n):
@@ -786,26 +786,29 @@ def _main(argv) -> int:
                     epoch = k * per + e
                     image, done = shown_image(rc.preserve_colors, state.image,
                                               stage.content), epoch
-                    if outputs.epoch(epoch, image, loss, now - last, last=e == per) \
-                            or stop.requested:
-                        outputs.checkpoint(epoch, state)
+                    snapshot = outputs.epoch(epoch, image, loss, now - last, last=e == per)
                     bar.set_postfix_str(f"loss {loss:.4g}, {rc.max_iter / (now - last):.2f} "
                                         "it/s" + (f", {sizes[k][1]}x{sizes[k][0]} px"
                                                   if n > 1 else ""))
                     bar.update(1)
                     last = now
-                    if stop.requested:
+                    # Read the flag once, after the bookkeeping: a signal landing between a
+                    # checkpoint's test and the break would stop without a checkpoint.
+                    stopped = stop.requested
+                    if snapshot or stopped:
+                        outputs.checkpoint(epoch, state)
+                    if stopped:
                         break
-                if stop.requested:
+                if stopped:
                     break
     except StylejaxError:
         outputs.finish(content, image, "last.png")
         raise
     finally:
         bar.close()
-    if stop.requested:
+    if stopped:
         outputs.finish(content, image, "last.png")
-        print(f"error: stopped by {stop.requested} after epoch {done}; wrote {out / 'last.png'} "
+        print(f"error: stopped by {stopped} after epoch {done}; wrote {out / 'last.png'} "
               f"and a checkpoint: run the same command with --resume to continue.",
               file=sys.stderr)
         return 130

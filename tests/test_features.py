@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import serialization
 from PIL import Image
 
 import stylejax
@@ -349,6 +350,31 @@ def test_cli_resume_across_scales_equals_a_straight_run(tmp_path, files, weights
             [1, 2, 3, 4]
     code, io = cli(capsys, *common[:5], 3, *common[6:], "--out", out, "--resume")
     assert code == 2 and "epochs" in io.err  # with --scales, --epochs is fixed
+
+
+def test_cli_signal_between_epochs_still_leaves_a_checkpoint(tmp_path, files, weights_path,
+                                                              capsys, monkeypatch):
+    """A Ctrl-C that lands during an epoch's bookkeeping (here: in the progress bar's update,
+    in an epoch that writes no snapshot) stops after that epoch with its checkpoint."""
+    import signal
+
+    import tqdm
+
+    class SignalOnFirstUpdate(tqdm.tqdm):
+        def update(self, n=1):
+            super().update(n)
+            if self.n == 1:
+                signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(tqdm, "tqdm", SignalOnFirstUpdate)
+    out = tmp_path / "out"
+    code, io = cli(capsys, files["content"], files["s1"], "--scales", "32,48", "--epochs", 2,
+                   "--max-iter", 2, "--snapshot-every", 4, *SHALLOW_FLAGS,
+                   "--weights", weights_path, "--out", out)
+    assert code == 130 and "--resume" in io.err, io.err
+    record = serialization.msgpack_restore((out / driver.CHECKPOINT).read_bytes())
+    assert record["epoch"] == len(json.loads((out / "losses.json").read_text())) == 1
+    assert (out / "last.png").is_file() and not (out / "final.png").exists()
 
 
 @pytest.mark.parametrize("args, message", [
