@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tqdm
 from flax import serialization
 from PIL import Image
 
@@ -356,10 +358,6 @@ def test_cli_signal_between_epochs_still_leaves_a_checkpoint(tmp_path, files, we
                                                               capsys, monkeypatch):
     """A Ctrl-C that lands during an epoch's bookkeeping (here: in the progress bar's update,
     in an epoch that writes no snapshot) stops after that epoch with its checkpoint."""
-    import signal
-
-    import tqdm
-
     class SignalOnFirstUpdate(tqdm.tqdm):
         def update(self, n=1):
             super().update(n)
