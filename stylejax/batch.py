@@ -118,7 +118,7 @@ def _lbfgs_epoch(state, vgg, targets, cfg, scfg):
     vgg = prepare_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype,  # as run_epoch does
                           state.image.shape)
     solver = _jaxopt_lbfgs(scfg, _shared_vgg_value_and_grad(vgg, cfg))
-    return _jaxopt_iterations(solver, state, scfg.iterations, targets)
+    return _jaxopt_iterations(solver, scfg, state, targets)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "scfg", "mesh"), donate_argnames=("state",))
@@ -168,7 +168,7 @@ def stylize_batch(vgg, contents, styles, cfg: LossConfig, *, epochs: int, max_it
                   optimizer: str = "lbfgs", lr: float = 0.0, init="content", seed: int = 0,
                   callback: Optional[Callable] = None, history: int = 100,
                   style_blend_weights=None, shard: str = "auto",
-                  devices=None) -> BatchResult:
+                  devices=None, precondition: Optional[float] = None) -> BatchResult:
     """Stylizes N same-size contents at once; pair i equals `stylize` of pair i alone.
 
     Args:
@@ -176,7 +176,7 @@ def stylize_batch(vgg, contents, styles, cfg: LossConfig, *, epochs: int, max_it
       contents: [N, H, W, 3] or a list of N [H, W, 3] RGB images in [0, 1], one size.
       styles: one style image for every pair, or a list of N entries (an image, or a list
         of images blended by ``style_blend_weights``); any sizes.
-      cfg, epochs, max_iter, optimizer, lr, history, init: as in `stylize`. ``init="noise"``
+      cfg, epochs, max_iter, optimizer, lr, history, precondition, init: as in `stylize`. ``init="noise"``
         gives every pair the same noise (``seed``), as N separate runs with that seed would.
       callback: ``callback(epoch, images, losses)`` after every epoch: numpy [N, H, W, 3]
         (each pair's last finite image) and [N].
@@ -193,7 +193,8 @@ def stylize_batch(vgg, contents, styles, cfg: LossConfig, *, epochs: int, max_it
     contents = _image_list(contents)
     n = len(contents)
     styles = _style_list(styles, n)
-    scfg = SolverConfig(optimizer, iterations=max_iter, lr=lr, history=history)
+    scfg = SolverConfig(optimizer, iterations=max_iter, lr=lr, history=history,
+                        precondition=precondition)
     mesh = dev.make_mesh(shard, n, devices)
     # Pad the pairs to a multiple of the devices along "batch" by repeating the last pair;
     # the copies are dropped from the result.
@@ -449,6 +450,7 @@ def run_folder(args, rc) -> int:
                 vgg, [c for c, _ in pairs], [s for _, s in pairs], rc.loss, epochs=rc.epochs,
                 max_iter=rc.max_iter, optimizer=rc.optimizer, lr=rc.lr, init=init,
                 seed=rc.seed, callback=on_epoch, history=rc.history, shard=args.shard,
+                precondition=rc.precondition,
                 style_blend_weights=getattr(rc, "style_blend_weights", None))
             for i, e in enumerate(chunk):
                 if main:

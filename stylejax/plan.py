@@ -59,6 +59,9 @@ STYLE_PASS_LAYERS = 5
 style image (tiled runs; fitted to one measured 2048 px run)."""
 ADAM_IMAGES = 6
 """Image-sized buffers of Adam: moments, update, gradient and temporaries."""
+PRECONDITION_IMAGES = 2
+"""Image-sized buffers the change of variables adds (`stylejax.precondition`): the variables
+beside the image, and a spectrum of them (not measured: small beside the L-BFGS history)."""
 
 _CHANNELS = {name: cout for name, _, cout in CONV_SPECS}
 _INPUTS = {name: cin for name, cin, _ in CONV_SPECS}
@@ -124,6 +127,8 @@ def predict(cfg: LossConfig, scfg: SolverConfig, height: int, width: int,
         solver = ADAM_IMAGES * image
     else:
         solver = (2 * scfg.history + LINE_SEARCH_IMAGES) * image
+    if scfg.precondition != 0:  # the variables z beside the image, and one spectrum of them
+        solver += PRECONDITION_IMAGES * image
     if platform is None:
         import jax
         platform = jax.default_backend()
@@ -222,11 +227,11 @@ def check_run(args, rc, shape) -> bool:
     """The command line's memory check, before any work: with ``--plan`` prints the plan and
     returns True (exit 0); otherwise raises StylejaxError if the run will not fit, else
     returns False. ``shape``: the prepared content image's (H, W, ...)."""
-    from stylejax.solvers import SolverConfig
+    from stylejax.driver import solver_config
     from stylejax.tiling import check_tile, default_overlap
 
     h, w = shape[:2]
-    scfg = SolverConfig(rc.optimizer, iterations=rc.max_iter, lr=rc.lr, history=rc.history)
+    scfg = solver_config(rc)
     tile = None
     if getattr(args, "tile", None):
         overlap = default_overlap(args.tile) if args.tile_overlap is None else args.tile_overlap

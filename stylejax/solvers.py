@@ -6,7 +6,9 @@
     image, loss = state.image, state.value
 
 The solver state (L-BFGS history, Adam moments) is carried across epochs, so k iterations
-twice equal 2k iterations once. Backends:
+twice equal 2k iterations once. With ``precondition`` > 0 the solver works on variables ``z``
+whose image is ``precondition.smooth(z)`` (same loss, a better-conditioned path to it;
+``state.image`` is always the image). Backends:
 
 - ``lbfgs``: jaxopt's `LBFGS` (the default). ``lr > 0`` takes fixed steps of that size along
   the L-BFGS direction (as the seed repository); ``lr == 0`` uses jaxopt's zoom (strong
@@ -20,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import warnings
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +31,7 @@ import optax
 from stylejax.errors import StylejaxError
 from stylejax.linesearch import OneEvaluationZoom
 from stylejax.losses import LossConfig, loss_fn
+from stylejax.precondition import in_smooth_variables, smooth, unsmooth
 from stylejax.vgg import prepare_kernels
 
 with warnings.catch_warnings():
@@ -40,6 +43,9 @@ with warnings.catch_warnings():
     from jaxopt._src.lbfgs import LbfgsState
 
 OPTIMIZERS = ("lbfgs", "optax-lbfgs", "adam")
+# L-BFGS with a line search smooths by default at this fraction of the image's shorter side
+# (a wavelength in px); see README, "Optimizers", for the measurements.
+PRECONDITION_FRACTION = 1 / 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +58,10 @@ class SolverConfig:
       lr: fixed step (lbfgs; 0 = line search) or Adam learning rate (default 0.02).
       history: L-BFGS memory (pairs of image-sized vectors kept).
       maxls: most function evaluations per line search.
+      precondition: wavelength in pixels of the change of variables (`stylejax.precondition`);
+        0 = optimize the pixels themselves. None (the default): for ``lbfgs`` with a line
+        search, PRECONDITION_FRACTION of each image's shorter side (`wavelength`); for the
+        others 0 (fixed steps and Adam's rate keep their pixel-space meaning).
     """
 
     kind: str = "lbfgs"
@@ -59,8 +69,13 @@ class SolverConfig:
     lr: float = 0.0
     history: int = 100
     maxls: int = 20
+    precondition: Optional[float] = None
 
     def __post_init__(self):
+        if self.precondition is None and (self.kind != "lbfgs" or self.lr > 0):
+            object.__setattr__(self, "precondition", 0.0)
+        elif self.precondition is not None:
+            object.__setattr__(self, "precondition", float(self.precondition))
         if self.kind not in OPTIMIZERS:
             raise StylejaxError(f"Unknown optimizer {self.kind!r}: use one of {', '.join(OPTIMIZERS)}.")
         if self.iterations < 1:
@@ -69,14 +84,60 @@ class SolverConfig:
             raise StylejaxError(f"The learning rate must be >= 0, got {self.lr}.")
         if self.history < 1:
             raise StylejaxError(f"The L-BFGS history must be >= 1, got {self.history}.")
+        if self.precondition is not None and not self.precondition >= 0:
+            raise StylejaxError(f"The preconditioning wavelength must be >= 0 px (0: off), got "
+                                f"{self.precondition:g}.")
 
 
 class SolverState(NamedTuple):
-    """``image`` [1, H, W, 3] being optimized, the backend's state, and the latest loss."""
+    """``image`` [1, H, W, 3] being optimized, the backend's state, the latest loss, and
+    ``point``: the solver's own variables when preconditioned (``image`` is their
+    `smooth`-ed image), else None."""
 
     image: jax.Array
     inner: Any
     value: jax.Array
+    point: Any = None
+
+
+def wavelength(scfg: SolverConfig, shape) -> float:
+    """The preconditioning wavelength in px (0: none) for images of ``shape`` [..., H, W, 3]."""
+    if scfg.precondition is None:
+        return PRECONDITION_FRACTION * min(shape[-3:-1])
+    return scfg.precondition
+
+
+def _variables(scfg: SolverConfig, image):
+    """The solver's variables for ``image``."""
+    length = wavelength(scfg, image.shape)
+    return unsmooth(image, length) if length else image
+
+
+# Compiled, as inside init_state, so that both starts hold bit-identical variables: L-BFGS
+# grows a last-bit difference in its start to 1e-3 of the image within 6 iterations.
+_compiled_variables = jax.jit(_variables, static_argnums=0)
+
+
+def _state(scfg: SolverConfig, point, inner, value) -> SolverState:
+    """The state at the solver's variables ``point``."""
+    if length := wavelength(scfg, point.shape):
+        return SolverState(smooth(point, length), inner, value, point)
+    return SolverState(point, inner, value)
+
+
+def _in_variables(scfg: SolverConfig, value_and_grad):
+    """``value_and_grad(x, *args)`` as a function of the solver's variables (`_variables`)."""
+    if scfg.precondition == 0:
+        return value_and_grad
+
+    def f(point, *args):
+        return in_smooth_variables(value_and_grad, wavelength(scfg, point.shape))(point, *args)
+
+    return f
+
+
+def _point(state: SolverState):
+    return state.image if state.point is None else state.point
 
 
 def _objective(vgg, targets, cfg: LossConfig):
@@ -96,7 +157,9 @@ def _objective_value_and_grad(cfg: LossConfig):
 
 
 def _jaxopt_lbfgs(scfg: SolverConfig, value_and_grad):
-    """jaxopt's L-BFGS on ``value_and_grad(x, *args) -> (loss, d loss / d x)``."""
+    """jaxopt's L-BFGS on ``value_and_grad(x, *args) -> (loss, d loss / d x)``, over the
+    preconditioned variables if ``scfg.precondition``."""
+    value_and_grad = _in_variables(scfg, value_and_grad)
     if scfg.lr > 0:
         return jaxopt.LBFGS(fun=value_and_grad, value_and_grad=True, maxiter=scfg.iterations,
                             history_size=scfg.history, tol=0.0, stepsize=scfg.lr)
@@ -133,15 +196,16 @@ def init_state(scfg: SolverConfig, vgg, image, targets, cfg: LossConfig) -> Solv
     epochs that follow evaluate with ``cfg.conv``. For L-BFGS, `fresh_state` needs no
     evaluation and no program of its own.
     """
-    image = jnp.asarray(image, jnp.float32)
+    point = _variables(scfg, jnp.asarray(image, jnp.float32))
     cfg = dataclasses.replace(cfg, conv="direct")
     if scfg.kind == "lbfgs":
-        inner = _jaxopt_lbfgs(scfg, _objective_value_and_grad(cfg)).init_state(image, vgg,
+        inner = _jaxopt_lbfgs(scfg, _objective_value_and_grad(cfg)).init_state(point, vgg,
                                                                                 targets)
         inner = inner._replace(gamma=_first_gamma(inner.grad).astype(inner.gamma.dtype))
-        return SolverState(image, inner, inner.value)
-    inner = _optax_tx(scfg).init(image)
-    return SolverState(image, inner, loss_fn(vgg, image, targets, cfg))
+        return _state(scfg, point, inner, inner.value)
+    inner = _optax_tx(scfg).init(point)
+    state = _state(scfg, point, inner, 0.0)
+    return state._replace(value=loss_fn(vgg, state.image, targets, cfg))
 
 
 def fresh_state(scfg: SolverConfig, image) -> SolverState:
@@ -160,6 +224,8 @@ def fresh_state(scfg: SolverConfig, image) -> SolverState:
         raise StylejaxError(f"fresh_state is for L-BFGS; use init_state for {scfg.kind}.")
     image = jnp.array(image, jnp.float32)  # a copy: the caller's array is not donated
     inner, value = _fresh_fields(image.shape, scfg.history)
+    if wavelength(scfg, image.shape):
+        return SolverState(image, inner, value, _compiled_variables(scfg, image))
     return SolverState(image, inner, value)
 
 
@@ -187,9 +253,9 @@ def _is_fresh(inner):
     return inner.iter_num < 0
 
 
-def _jaxopt_iterations(solver, state: SolverState, iterations: int, *args) -> SolverState:
-    """``iterations`` of ``solver`` (from `_jaxopt_lbfgs`) from ``state``, plus the
-    evaluating one a `fresh_state` needs first; ``args`` go to its objective."""
+def _jaxopt_iterations(solver, scfg: SolverConfig, state: SolverState, *args) -> SolverState:
+    """``scfg.iterations`` of ``solver`` (`_jaxopt_lbfgs(scfg, ...)`) from ``state``, plus
+    the evaluating one a `fresh_state` needs first; ``args`` go to its objective."""
     def body(_, carry):
         x, inner = carry
         x, new = solver.update(x, inner, *args)
@@ -201,13 +267,17 @@ def _jaxopt_iterations(solver, state: SolverState, iterations: int, *args) -> So
         return x, new._replace(gamma=gamma)
 
     extra = _is_fresh(state.inner).astype(jnp.int32)
-    x, inner = jax.lax.fori_loop(0, iterations + extra, body, (state.image, state.inner))
-    return SolverState(x, inner, inner.value)
+    point, inner = jax.lax.fori_loop(0, scfg.iterations + extra, body,
+                                     (_point(state), state.inner))
+    return _state(scfg, point, inner, inner.value)
 
 
 def _optax_epoch(state, vgg, targets, cfg, scfg):
     tx = _optax_tx(scfg)
     f = _objective(vgg, targets, cfg)
+    if length := wavelength(scfg, state.image.shape):
+        pixels = f
+        f = lambda z: pixels(smooth(z, length))  # noqa: E731
     value_and_grad = (optax.value_and_grad_from_state(f) if scfg.kind == "optax-lbfgs"
                       else jax.value_and_grad(f))
 
@@ -221,11 +291,11 @@ def _optax_epoch(state, vgg, targets, cfg, scfg):
             updates, inner = tx.update(grad, inner, x)
         return optax.apply_updates(x, updates), inner, value
 
-    x, inner, value = jax.lax.fori_loop(0, scfg.iterations, body,
-                                        (state.image, state.inner, state.value))
+    point, inner, value = jax.lax.fori_loop(0, scfg.iterations, body,
+                                            (_point(state), state.inner, state.value))
     if scfg.kind == "optax-lbfgs":
         value = optax.tree_utils.tree_get(inner, "value")
-    return SolverState(x, inner, value)
+    return _state(scfg, point, inner, value)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "scfg"), donate_argnames=("state",))
@@ -241,6 +311,6 @@ def run_epoch(state: SolverState, vgg, targets, *, cfg: LossConfig,
     vgg = prepare_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype,  # once, not per
                           state.image.shape)  # evaluation
     if scfg.kind == "lbfgs":
-        return _jaxopt_iterations(_jaxopt_lbfgs(scfg, _objective_value_and_grad(cfg)), state,
-                                  scfg.iterations, vgg, targets)
+        return _jaxopt_iterations(_jaxopt_lbfgs(scfg, _objective_value_and_grad(cfg)), scfg,
+                                  state, vgg, targets)
     return _optax_epoch(state, vgg, targets, cfg, scfg)

@@ -135,7 +135,8 @@ def stylize_tiled(vgg, content, style, cfg: LossConfig, *, tile: int,
                   optimizer: str = "lbfgs", lr: float = 0.0, history: int = 100,
                   init="content", seed: int = 0, callback: Optional[Callable] = None,
                   style_blend_weights=None, preserve_colors: Optional[str] = None,
-                  feathered: bool = True) -> TiledResult:
+                  feathered: bool = True,
+                  precondition: Optional[float] = None) -> TiledResult:
     """`stylejax.stylize` for images larger than memory allows, by tiles of ``tile`` px.
 
     Args as `stylejax.stylize` (no scales or masks), plus:
@@ -151,7 +152,7 @@ def stylize_tiled(vgg, content, style, cfg: LossConfig, *, tile: int,
                                  state_maker)
 
     scfg, content, styles = call_inputs(epochs, preserve_colors, optimizer, max_iter, lr,
-                                        history, content, style)
+                                        history, content, style, precondition)
     h, w = content.shape[:2]
     overlap = default_overlap(tile) if overlap is None else int(overlap)
     th, tw = check_tile(tile, overlap, h, w, cfg.layers)
@@ -245,7 +246,7 @@ def run_cli(args, rc, scfg: SolverConfig, vgg, content, styles, init, outputs) -
         result = stylize_tiled(
             vgg, content, styles, rc.loss, tile=args.tile, overlap=overlap, epochs=rc.epochs,
             max_iter=rc.max_iter, optimizer=scfg.kind, lr=scfg.lr, history=scfg.history,
-            init=init, seed=rc.seed, callback=callback,
+            precondition=scfg.precondition, init=init, seed=rc.seed, callback=callback,
             style_blend_weights=rc.style_blend_weights, preserve_colors=rc.preserve_colors)
     except StylejaxError:
         if shown[0] is not None:  # keep the last good epoch, as the untiled driver does

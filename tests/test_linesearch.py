@@ -44,7 +44,8 @@ def _stock(fun, maxls, history):
 def _trace(solver, x0, iterations):
     """Per iteration: (x, value, stepsize, line-search trials so far, failed)."""
     state = solver.init_state(x0)
-    step = jax.jit(lambda st: _jaxopt_iterations(solver, st, 1))
+    one = SolverConfig("lbfgs", iterations=1, precondition=0)
+    step = jax.jit(lambda st: _jaxopt_iterations(solver, one, st))
     st, out = SolverState(x0, state, state.value), []
     for _ in range(iterations):
         st = step(st)
@@ -58,7 +59,7 @@ def _trace(solver, x0, iterations):
 def test_lbfgs_takes_stock_jaxopt_steps(case):
     fun, maxls, x0 = CASES[case]
     fun = jax.value_and_grad(fun)
-    scfg = SolverConfig("lbfgs", iterations=1, history=10, maxls=maxls)
+    scfg = SolverConfig("lbfgs", iterations=1, history=10, maxls=maxls, precondition=0)
     ours = _trace(_jaxopt_lbfgs(scfg, fun), x0, 40)
     stock = _trace(_stock(fun, maxls, 10), x0, 40)
     for i, (a, b) in enumerate(zip(ours, stock)):
