@@ -63,6 +63,7 @@ def init_batch_state(scfg: SolverConfig, vgg, images, targets, cfg: LossConfig, 
     leaf with a leading N axis); the state's leaves gain that axis too. ``mesh``: see
     `stylejax.devices` (None: one device)."""
     images, targets = dev.constrain((images, targets), mesh)
+    scfg = _solver_for_mesh(scfg, mesh)
     return dev.constrain(_vmapped_init(scfg, vgg, images, targets, cfg), mesh)
 
 
@@ -74,6 +75,15 @@ def _for_mesh(cfg: LossConfig, mesh) -> LossConfig:
     if mesh is not None and mesh.shape[dev.SPACE] > 1 and cfg.conv == "auto":
         return dataclasses.replace(cfg, conv="direct")
     return cfg
+
+
+def _solver_for_mesh(scfg: SolverConfig, mesh) -> SolverConfig:
+    """``scfg``, with the default preconditioning off when ``mesh`` splits the image rows: its
+    DFT spans all rows, so each device would gather the whole image (an explicit wavelength
+    is kept, gathers and all)."""
+    if mesh is not None and mesh.shape[dev.SPACE] > 1 and scfg.precondition is None:
+        return dataclasses.replace(scfg, precondition=0.0)
+    return scfg
 
 
 def _shared_vgg_value_and_grad(vgg, cfg):
@@ -126,7 +136,7 @@ def run_batch_epoch(state, vgg, targets, *, cfg: LossConfig, scfg: SolverConfig,
     """`solvers.run_epoch` for every pair at once (one compiled call; ``state`` donated).
     ``state.value`` is [N], ``state.image`` [N, 1, H, W, 3]."""
     state, targets = dev.constrain((state, targets), mesh)
-    cfg = _for_mesh(cfg, mesh)
+    cfg, scfg = _for_mesh(cfg, mesh), _solver_for_mesh(scfg, mesh)
     if scfg.kind == "lbfgs":
         epoch = lambda s, t: _lbfgs_epoch(s, vgg, t, cfg, scfg)  # noqa: E731
     else:  # optax's line search closes over the objective: nothing to work around

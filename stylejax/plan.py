@@ -127,8 +127,9 @@ def predict(cfg: LossConfig, scfg: SolverConfig, height: int, width: int,
         solver = ADAM_IMAGES * image
     else:
         solver = (2 * scfg.history + LINE_SEARCH_IMAGES) * image
-    if scfg.precondition != 0:  # the variables z beside the image, and one spectrum of them
-        solver += PRECONDITION_IMAGES * image
+    if scfg.precondition != 0:  # the variables z beside the image, a spectrum of them, and
+        # the complex64 DFT matrices, forward and inverse, of both sides
+        solver += PRECONDITION_IMAGES * image + 2 * 8 * (height ** 2 + width ** 2)
     if platform is None:
         import jax
         platform = jax.default_backend()

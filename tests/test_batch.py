@@ -133,7 +133,8 @@ out["batch_gathers"] = hlo.count("all-gather")
 content, style = smooth_image(128, 128, 11), smooth_image(64, 64, 12)
 targets = jax.tree.map(lambda a: np.asarray(a)[None],
                        stylejax.make_targets(vgg, content, style, cfg))
-scfg = stylejax.SolverConfig("lbfgs", iterations=1, history=2)
+# (precondition=0: a row-split mesh turns the default off; the reference must match it.)
+scfg = stylejax.SolverConfig("lbfgs", iterations=1, history=2, precondition=0)
 # (Under a spatial mesh conv "auto" runs direct: the unsharded reference says so explicitly.)
 ref = batch.init_batch_state(scfg, vgg, jnp.asarray(content[None, None]),
                              jax.tree.map(jnp.asarray, targets),

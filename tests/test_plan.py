@@ -24,7 +24,8 @@ def test_components_follow_the_shapes():
     assert b["activations"] / a["activations"] == pytest.approx(4, rel=0.02)
     assert b["params"] == a["params"] and b["runtime"] == a["runtime"]
     image = 256 * 256 * 3 * 4
-    assert b["solver"] == (2 * 100 + plan.LINE_SEARCH_IMAGES) * image
+    smoothing = plan.PRECONDITION_IMAGES * image + 2 * 8 * 2 * 256 ** 2  # default: on
+    assert b["solver"] == (2 * 100 + plan.LINE_SEARCH_IMAGES) * image + smoothing
     short = plan.predict(CFG, SolverConfig("lbfgs", history=5), 256, 256, platform="gpu")
     assert b["solver"] - short["solver"] == 2 * 95 * image
     cpu = plan.predict(CFG, SolverConfig("lbfgs", history=100), 256, 256, platform="cpu")
