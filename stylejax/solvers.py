@@ -31,7 +31,7 @@ import optax
 from stylejax.errors import StylejaxError
 from stylejax.linesearch import OneEvaluationZoom
 from stylejax.losses import LossConfig, loss_fn
-from stylejax.precondition import in_smooth_variables, smooth, unsmooth
+from stylejax.precondition import DFTS, in_smooth_variables, smooth, unsmooth
 from stylejax.vgg import prepare_kernels
 
 with warnings.catch_warnings():
@@ -62,6 +62,8 @@ class SolverConfig:
         0 = optimize the pixels themselves. None (the default): for ``lbfgs`` with a line
         search, PRECONDITION_FRACTION of each image's shorter side (`wavelength`); for the
         others 0 (fixed steps and Adam's rate keep their pixel-space meaning).
+      dft: how that change of variables transforms: "fft", or "matmul" (`stylejax.batch`
+        sets it for programs sharded over several devices, where XLA's CPU FFT fails).
     """
 
     kind: str = "lbfgs"
@@ -70,6 +72,7 @@ class SolverConfig:
     history: int = 100
     maxls: int = 20
     precondition: Optional[float] = None
+    dft: str = "fft"
 
     def __post_init__(self):
         if self.precondition is None and (self.kind != "lbfgs" or self.lr > 0):
@@ -84,6 +87,8 @@ class SolverConfig:
             raise StylejaxError(f"The learning rate must be >= 0, got {self.lr}.")
         if self.history < 1:
             raise StylejaxError(f"The L-BFGS history must be >= 1, got {self.history}.")
+        if self.dft not in DFTS:
+            raise StylejaxError(f"Unknown DFT {self.dft!r}: use one of {', '.join(DFTS)}.")
         if self.precondition is not None and not self.precondition >= 0:
             raise StylejaxError(f"The preconditioning wavelength must be >= 0 px (0: off), got "
                                 f"{self.precondition:g}.")
@@ -110,7 +115,7 @@ def wavelength(scfg: SolverConfig, shape) -> float:
 def _variables(scfg: SolverConfig, image):
     """The solver's variables for ``image``."""
     length = wavelength(scfg, image.shape)
-    return unsmooth(image, length) if length else image
+    return unsmooth(image, length, scfg.dft) if length else image
 
 
 # Compiled, as inside init_state, so that both starts hold bit-identical variables: L-BFGS
@@ -121,7 +126,7 @@ _compiled_variables = jax.jit(_variables, static_argnums=0)
 def _state(scfg: SolverConfig, point, inner, value) -> SolverState:
     """The state at the solver's variables ``point``."""
     if length := wavelength(scfg, point.shape):
-        return SolverState(smooth(point, length), inner, value, point)
+        return SolverState(smooth(point, length, scfg.dft), inner, value, point)
     return SolverState(point, inner, value)
 
 
@@ -131,7 +136,8 @@ def _in_variables(scfg: SolverConfig, value_and_grad):
         return value_and_grad
 
     def f(point, *args):
-        return in_smooth_variables(value_and_grad, wavelength(scfg, point.shape))(point, *args)
+        length = wavelength(scfg, point.shape)
+        return in_smooth_variables(value_and_grad, length, scfg.dft)(point, *args)
 
     return f
 
@@ -277,7 +283,7 @@ def _optax_epoch(state, vgg, targets, cfg, scfg):
     f = _objective(vgg, targets, cfg)
     if length := wavelength(scfg, state.image.shape):
         pixels = f
-        f = lambda z: pixels(smooth(z, length))  # noqa: E731
+        f = lambda z: pixels(smooth(z, length, scfg.dft))  # noqa: E731
     value_and_grad = (optax.value_and_grad_from_state(f) if scfg.kind == "optax-lbfgs"
                       else jax.value_and_grad(f))
 

@@ -24,7 +24,9 @@ from stylejax import batch, driver
 from stylejax.hostmem import compile_released
 
 CFG = stylejax.preset_config("johnson")
-RUN = dict(epochs=2, max_iter=1, history=10)  # 2 L-BFGS iterations, state carried over
+# 2 L-BFGS iterations, state carried over; in pixel space, as sharded batches run by default
+# (test_precondition covers the change of variables, the CLI batch tests run it vmapped).
+RUN = dict(epochs=2, max_iter=1, history=10, precondition=0)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,7 @@ def test_finished_lanes_stay_frozen(vgg, pairs, batch_result):
     import jax.numpy as jnp
 
     contents, styles = pairs
-    scfg = stylejax.SolverConfig("lbfgs", iterations=1, history=10)
+    scfg = stylejax.SolverConfig("lbfgs", iterations=1, history=10, precondition=0)  # as RUN
     targets = jax.tree.map(lambda *a: jnp.stack(a), *[
         stylejax.make_targets(vgg, c, s, CFG) for c, s in zip(contents, styles)])
     # Compiled as stylize_batch compiles them (its compiler options, mesh=None).
@@ -133,7 +135,7 @@ out["batch_gathers"] = hlo.count("all-gather")
 content, style = smooth_image(128, 128, 11), smooth_image(64, 64, 12)
 targets = jax.tree.map(lambda a: np.asarray(a)[None],
                        stylejax.make_targets(vgg, content, style, cfg))
-# (precondition=0: a row-split mesh turns the default off; the reference must match it.)
+# (precondition=0: a sharded mesh turns the default off; the reference must match it.)
 scfg = stylejax.SolverConfig("lbfgs", iterations=1, history=2, precondition=0)
 # (Under a spatial mesh conv "auto" runs direct: the unsharded reference says so explicitly.)
 ref = batch.init_batch_state(scfg, vgg, jnp.asarray(content[None, None]),
