@@ -189,8 +189,9 @@ def stylize_batch(vgg, contents, styles, cfg: LossConfig, *, epochs: int, max_it
       contents: [N, H, W, 3] or a list of N [H, W, 3] RGB images in [0, 1], one size.
       styles: one style image for every pair, or a list of N entries (an image, or a list
         of images blended by ``style_blend_weights``); any sizes.
-      cfg, epochs, max_iter, optimizer, lr, history, precondition, init: as in `stylize`. ``init="noise"``
-        gives every pair the same noise (``seed``), as N separate runs with that seed would.
+      cfg, epochs, max_iter, optimizer, lr, history, precondition, init: as in `stylize`
+        (precondition's default is off over several devices). ``init="noise"`` gives every
+        pair the same noise (``seed``), as N separate runs with that seed would.
       callback: ``callback(epoch, images, losses)`` after every epoch: numpy [N, H, W, 3]
         (each pair's last finite image) and [N].
       shard: "auto" (the pairs over all visible devices, if several), "batch", "spatial"
