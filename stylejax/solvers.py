@@ -6,9 +6,9 @@
     image, loss = state.image, state.value
 
 The solver state (L-BFGS history, Adam moments) is carried across epochs, so k iterations
-twice equal 2k iterations once. With ``precondition`` > 0 the solver works on variables ``z``
-whose image is ``precondition.smooth(z)`` (same loss, a better-conditioned path to it;
-``state.image`` is always the image). Backends:
+twice equal 2k iterations once. Preconditioned (L-BFGS with a line search, by default), the
+solver works on variables ``z`` whose image is ``precondition.smooth(z)`` (same loss, a
+better-conditioned path to it; ``state.image`` is always the image). Backends:
 
 - ``lbfgs``: jaxopt's `LBFGS` (the default). ``lr > 0`` takes fixed steps of that size along
   the L-BFGS direction (as the seed repository); ``lr == 0`` uses jaxopt's zoom (strong
@@ -200,7 +200,7 @@ def init_state(scfg: SolverConfig, vgg, image, targets, cfg: LossConfig) -> Solv
     That one-off evaluation uses the exact direct convolution whatever ``cfg.conv`` says, as
     the targets do: it compiles in about a third of a Winograd program's time, and the
     epochs that follow evaluate with ``cfg.conv``. For L-BFGS, `fresh_state` needs no
-    evaluation and no program of its own.
+    evaluation and no program of its own (preconditioned, one small FFT program for ``z``).
     """
     point = _variables(scfg, jnp.asarray(image, jnp.float32))
     cfg = dataclasses.replace(cfg, conv="direct")
