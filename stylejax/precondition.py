@@ -14,7 +14,7 @@ broad strokes that the fine detail hangs on before the detail, as a coarse-to-fi
 
 The filter is real and symmetric (the scale is real and even in f), so the gradient in ``z``
 is ``smooth`` applied to the gradient in ``x``. Images are periodic to the DFT: a step at one
-edge leaks into the opposite one over about L / (2 pi) pixels.
+edge leaks into the opposite one, over roughly L / (2 pi) pixels (an estimate, not measured).
 """
 
 from __future__ import annotations
