@@ -47,7 +47,7 @@ import stylejax  # noqa: E402
 from stylejax import images as imageio  # noqa: E402
 from stylejax.driver import (compiled_epoch, enable_compilation_cache,  # noqa: E402
                              initial_state)
-from stylejax.hostmem import compile_released, keep_step_heap  # noqa: E402
+from stylejax.cpu.hostmem import compile_released, keep_step_heap  # noqa: E402
 from stylejax.solvers import SolverConfig  # noqa: E402
 from stylejax.vgg import LAYERS, prepare_kernels, resolve_conv  # noqa: E402
 from stylejax.weights import CAFFE, CONV_SPECS, Vgg19  # noqa: E402

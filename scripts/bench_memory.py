@@ -30,7 +30,7 @@ def main(side, size, conv="direct"):
         import jax.numpy as jnp
 
         import stylejax
-        from stylejax.hostmem import compile_released
+        from stylejax.cpu.hostmem import compile_released
         from stylejax.vgg import prepare_kernels
         from stylejax.weights import CAFFE, Vgg19
 
@@ -78,7 +78,7 @@ def main(side, size, conv="direct"):
 
 
 def hostmem():
-    """`stylejax.hostmem`, loaded without the package (whose import pulls in JAX)."""
+    """`stylejax.cpu.hostmem`, loaded without the package (whose import pulls in JAX)."""
     spec = importlib.util.spec_from_file_location("hostmem", ROOT / "stylejax" / "hostmem.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -35,7 +35,7 @@ import numpy as np
 from stylejax import devices as dev
 from stylejax import images as imageio
 from stylejax.errors import StylejaxError
-from stylejax.hostmem import compile_released
+from stylejax.cpu.hostmem import compile_released
 from stylejax.losses import LossConfig, make_targets
 from stylejax.solvers import SolverConfig, init_state, run_epoch
 from stylejax.vgg import prepare_kernels

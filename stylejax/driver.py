@@ -29,7 +29,7 @@ from flax import serialization
 from stylejax import colour
 from stylejax import images as imageio
 from stylejax.errors import StylejaxError
-from stylejax.hostmem import compile_released
+from stylejax.cpu.hostmem import compile_released
 from stylejax.losses import PRESETS, LossConfig, make_targets, network_warning, preset_config
 from stylejax.vgg import CONVS, min_size, prepare_kernels
 from stylejax.solvers import OPTIMIZERS, SolverConfig, fresh_state, init_state, run_epoch

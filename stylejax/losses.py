@@ -51,7 +51,7 @@ class LossConfig:
     Layer weights: ``None`` means 1 for each content layer and 1/len for each style layer.
     ``dtype`` is the VGG activation dtype ("float32" or "bfloat16"); Grams and the loss are
     always float32. ``conv`` is the convolution algorithm of the loss's network pass:
-    "auto" (Winograd on CPU, direct on GPU/TPU), "direct" or "winograd" (`stylejax.winograd`).
+    "auto" (Winograd on CPU, direct on GPU/TPU), "direct" or "winograd" (`stylejax.cpu.winograd`).
     """
 
     content_layers: tuple[str, ...] = ("relu4_2",)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from stylejax import winograd
+from stylejax.cpu import winograd
 from stylejax.errors import StylejaxError
 from stylejax.weights import CONV_SPECS, Vgg19
 
@@ -403,7 +403,7 @@ def extract_features(vgg: Vgg19, images, layers: Sequence[str], pooling: str = "
       dtype: activation dtype; float32 by default, bfloat16 for speed on GPU/TPU.
       conv: "direct" (XLA's convolution; the default here, as a forward pass compiled for
         one use gains nothing from Winograd), "winograd" (fewer FLOPs, faster on CPU; see
-        `stylejax.winograd`) or "auto" (Winograd on CPU, direct on GPU/TPU; the loss's
+        `stylejax.cpu.winograd`) or "auto" (Winograd on CPU, direct on GPU/TPU; the loss's
         default, `LossConfig.conv`).
     Returns:
       ``{name: [N, h, w, C]}``, where h and w shrink by 2 after each pooling (floor).

@@ -21,7 +21,7 @@ from PIL import Image
 import stylejax
 from conftest import REPO, smooth_image
 from stylejax import batch, driver
-from stylejax.hostmem import compile_released
+from stylejax.cpu.hostmem import compile_released
 
 CFG = stylejax.preset_config("johnson")
 # 2 L-BFGS iterations, state carried over; in pixel space, as sharded batches run by default

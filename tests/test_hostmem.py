@@ -1,4 +1,4 @@
-"""`stylejax.hostmem`: freed heap goes back to the OS; ahead-of-time compilation."""
+"""`stylejax.cpu.hostmem`: freed heap goes back to the OS; ahead-of-time compilation."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, xla_compiles
-from stylejax import hostmem
+from stylejax.cpu import hostmem
 
 
 def _rss_mb() -> float:
@@ -55,7 +55,7 @@ def test_compile_released_runs_the_compiled_program():
 # times in a fresh process; prints the page faults of the last four rounds.
 _REUSE = """
 import ctypes, resource, sys
-from stylejax import hostmem
+from stylejax.cpu import hostmem
 if sys.argv[1] == "kept":
     assert hostmem.keep_step_heap()
 libc = ctypes.CDLL(None)

@@ -1,4 +1,4 @@
-"""`stylejax.xla_options`: which of a program's convolutions and dots run in YNNPACK, by the
+"""`stylejax.cpu.xla_options`: which of a program's convolutions and dots run in YNNPACK, by the
 program's convolution algorithm and the CPU (with AVX-512 or without)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stylejax import hostmem, vgg, xla_options
+from stylejax.cpu import hostmem, vgg, xla_options
 from stylejax.losses import LossConfig
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU compiler option")

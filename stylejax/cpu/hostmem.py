@@ -25,7 +25,7 @@ import ctypes.util
 import functools
 import os
 
-from stylejax.xla_options import compile_lowered
+from stylejax.cpu.xla_options import compile_lowered
 
 # glibc's mallopt parameters (malloc.h) and the values `keep_step_heap` sets.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
