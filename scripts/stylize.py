@@ -5,7 +5,7 @@ import sys
 
 import _bootstrap  # noqa: F401
 
-from stylejax.driver import main
+from stylejax.cli.stylize import main
 
 if __name__ == "__main__":
     sys.exit(main())

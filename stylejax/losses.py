@@ -36,7 +36,8 @@ import jax
 import jax.numpy as jnp
 
 from stylejax.errors import StylejaxError
-from stylejax.vgg import LAYERS, check_conv, check_layers, extract_features
+from stylejax.execution import Execution, as_execution
+from stylejax.vgg import LAYERS, check_layers, extract_features
 from stylejax.weights import Vgg19
 
 NORMALIZATIONS = ("gatys", "johnson", "seed")
@@ -49,9 +50,8 @@ class LossConfig:
     """Static description of the loss; hashable, so it can be a static jit argument.
 
     Layer weights: ``None`` means 1 for each content layer and 1/len for each style layer.
-    ``dtype`` is the VGG activation dtype ("float32" or "bfloat16"); Grams and the loss are
-    always float32. ``conv`` is the convolution algorithm of the loss's network pass:
-    "auto" (Winograd on CPU, direct on GPU/TPU), "direct" or "winograd" (`stylejax.cpu.winograd`).
+    How the loss is computed (convolution algorithm, activation dtype) is not part of it:
+    see `stylejax.execution.Execution`.
     """
 
     content_layers: tuple[str, ...] = ("relu4_2",)
@@ -63,8 +63,6 @@ class LossConfig:
     tv_weight: float = 32.5
     normalization: str = "johnson"
     pooling: str = "max"
-    dtype: str = "float32"
-    conv: str = "auto"
 
     def __post_init__(self):
         # Normalise lists to tuples so equal configs hash equally, then validate.
@@ -84,11 +82,6 @@ class LossConfig:
                                 f"{', '.join(NORMALIZATIONS)}.")
         if self.pooling not in POOLINGS:
             raise StylejaxError(f"Unknown pooling {self.pooling!r}: use max or avg.")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise StylejaxError(f"Unknown precision {self.dtype!r}: use float32 or bfloat16.")
-        if check_conv(self.conv) == "winograd" and self.dtype != "float32":
-            raise StylejaxError("Winograd convolutions run in float32 only: drop --conv "
-                                "winograd or --precision bf16.")
         for name in ("content_weight", "style_weight", "tv_weight"):
             if not getattr(self, name) >= 0:
                 raise StylejaxError(f"{name} must be a number >= 0, got {getattr(self, name)}.")
@@ -108,16 +101,11 @@ class LossConfig:
         return tuple(dict.fromkeys(self.content_layers + self.style_layers))
 
 
-def _features(vgg, images, layers, cfg):
-    return extract_features(vgg, images, layers, cfg.pooling, dtype=jnp.dtype(cfg.dtype),
-                            conv=cfg.conv)
-
-
-def _target_features(vgg, images, layers, cfg):
-    # Targets are computed once per run, so always by the exact direct convolution: a
-    # forward-only Winograd program would be compiled for a single call (512 px: +300 MB of
-    # peak RSS while the targets are made, +40 MB at the run's peak).
-    return _features(vgg, images, layers, dataclasses.replace(cfg, conv="direct"))
+def _target_features(vgg, images, layers, cfg, dtype):
+    # Targets are computed once per run, so always by the direct convolution: a forward-only
+    # Winograd program would be compiled for a single call (512 px: +300 MB of peak RSS
+    # while the targets are made, +40 MB at the run's peak).
+    return extract_features(vgg, images, layers, cfg.pooling, Execution("direct", dtype))
 
 
 def _as_batch(image):
@@ -222,24 +210,31 @@ def tv_term(images):
     return jnp.sum(dy * dy) + jnp.sum(dx * dx)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _content_targets(vgg, content, cfg):
-    feats = _target_features(vgg, content, cfg.content_layers, cfg)
+@functools.partial(jax.jit, static_argnames=("cfg", "dtype"))
+def _content_targets(vgg, content, cfg, dtype="float32"):
+    feats = _target_features(vgg, content, cfg.content_layers, cfg, dtype)
     return {name: feats[name].astype(jnp.float32) for name in cfg.content_layers}
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _style_grams(vgg, style, cfg):
-    feats = _target_features(vgg, style, cfg.style_layers, cfg)
+@functools.partial(jax.jit, static_argnames=("cfg", "dtype"))
+def _style_grams(vgg, style, cfg, dtype):
+    feats = _target_features(vgg, style, cfg.style_layers, cfg, dtype)
     return {name: gram(feats[name], cfg.normalization)[0] for name in cfg.style_layers}
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _style_masked_grams(vgg, style, mask, cfg):
-    feats = _target_features(vgg, style, cfg.style_layers, cfg)
+@functools.partial(jax.jit, static_argnames=("cfg", "dtype"))
+def _style_masked_grams(vgg, style, mask, cfg, dtype):
+    feats = _target_features(vgg, style, cfg.style_layers, cfg, dtype)
     masks = layer_masks(mask[None], cfg.style_layers)
     return {name: masked_gram(feats[name], masks[name], cfg.normalization)[0, 0]
             for name in cfg.style_layers}
+
+
+def content_targets(vgg: Vgg19, content, cfg: LossConfig,
+                    execution: Optional[Execution] = None) -> dict:
+    """``make_targets``'s content part alone: ``{layer: [1, h, w, C]}`` float32 features of
+    ``content`` [1, H, W, 3] (tiles compute it per tile)."""
+    return _content_targets(vgg, _as_batch(content), cfg, as_execution(execution).dtype)
 
 
 def _mask_array(mask, shape, what):
@@ -252,7 +247,8 @@ def _mask_array(mask, shape, what):
 
 
 def make_targets(vgg: Vgg19, content, style, cfg: LossConfig, style_blend_weights=None,
-                 content_masks=None, style_masks=None) -> dict:
+                 content_masks=None, style_masks=None,
+                 execution: Optional[Execution] = None) -> dict:
     """Content features and style Grams, computed once.
 
     Args:
@@ -266,6 +262,8 @@ def make_targets(vgg: Vgg19, content, style, cfg: LossConfig, style_blend_weight
         output (where mask r is 1) takes style r (Gatys et al. 2017 spatial control).
       style_masks: optional list, one [h, w] mask (or None) per style image: the part of
         that style image its Gram is taken from.
+      execution: its ``dtype`` is the activations' (the targets always use direct
+        convolutions: they are computed once).
     Returns:
       ``{"content": {layer: [1, h, w, C]}, "style": {layer: [C, C]}}``, a pytree of arrays;
       with content masks ``"style"`` holds [R, C, C] region Grams and the pytree gains
@@ -285,15 +283,16 @@ def make_targets(vgg: Vgg19, content, style, cfg: LossConfig, style_blend_weight
     if len(style_masks) != len(styles):
         raise StylejaxError(f"Give one style mask per style image: {len(style_masks)} masks "
                             f"for {len(styles)} styles.")
+    dtype = as_execution(execution).dtype
     total = sum(style_blend_weights)
     weights = [w / total for w in style_blend_weights]
     per_style = []
     for s, m in zip(styles, style_masks):
         s = _as_batch(s)
-        per_style.append(_style_grams(vgg, s, cfg) if m is None else _style_masked_grams(
-            vgg, s, _mask_array(m, s.shape[1:3], "style mask"), cfg))
+        per_style.append(_style_grams(vgg, s, cfg, dtype) if m is None else _style_masked_grams(
+            vgg, s, _mask_array(m, s.shape[1:3], "style mask"), cfg, dtype))
     content = _as_batch(content)
-    targets = {"content": _content_targets(vgg, content, cfg)}
+    targets = {"content": _content_targets(vgg, content, cfg, dtype)}
     w = jnp.asarray(weights, jnp.float32)
     if content_masks is None:
         # One style (weight 1) is its own blend, exactly: nothing to compute.
@@ -331,9 +330,9 @@ def _region_targets(masks, weights, grams, layers):
             "style": jax.tree.map(lambda *g: jnp.stack(g), *grams)}
 
 
-def _terms(vgg, image, targets, cfg):
+def _terms(vgg, image, targets, cfg, execution):
     x = _as_batch(image)
-    feats = _features(vgg, x, cfg.layers, cfg)
+    feats = extract_features(vgg, x, cfg.layers, cfg.pooling, as_execution(execution))
     content = sum(w * content_term(feats[name], targets["content"][name], cfg.normalization)
                   for name, w in zip(cfg.content_layers, cfg.content_weights))
     style = 0.0
@@ -353,14 +352,17 @@ def _terms(vgg, image, targets, cfg):
             "tv": cfg.tv_weight * tv_term(x) if cfg.tv_weight else jnp.zeros((), jnp.float32)}
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def loss_terms(vgg: Vgg19, image, targets: dict, cfg: LossConfig) -> dict:
-    """The weighted parts of the loss, ``{"content", "style", "tv"}`` float32 scalars."""
-    return _terms(vgg, image, targets, cfg)
+@functools.partial(jax.jit, static_argnames=("cfg", "execution"))
+def loss_terms(vgg: Vgg19, image, targets: dict, cfg: LossConfig,
+               execution: Optional[Execution] = None) -> dict:
+    """The weighted parts of the loss, ``{"content", "style", "tv"}`` float32 scalars
+    (arguments as `loss_fn`)."""
+    return _terms(vgg, image, targets, cfg, execution)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def loss_fn(vgg: Vgg19, image, targets: dict, cfg: LossConfig):
+@functools.partial(jax.jit, static_argnames=("cfg", "execution"))
+def loss_fn(vgg: Vgg19, image, targets: dict, cfg: LossConfig,
+            execution: Optional[Execution] = None):
     """The total style-transfer loss (float32 scalar) of ``image``.
 
     Args:
@@ -368,9 +370,11 @@ def loss_fn(vgg: Vgg19, image, targets: dict, cfg: LossConfig):
       image: [H, W, 3] or [N, H, W, 3] RGB in [0, 1] (a batch sums the per-image losses).
       targets: from `make_targets`.
       cfg: static `LossConfig`.
+      execution: static `Execution` (convolution algorithm, activation dtype); None: the
+        default, ``Execution()``. It changes the speed, not the loss (float32 rounding).
     Pure: works under `jax.grad` (w.r.t. ``image``), `jax.vmap` and inside another `jax.jit`.
     """
-    return sum(_terms(vgg, image, targets, cfg).values())
+    return sum(_terms(vgg, image, targets, cfg, execution).values())
 
 
 PRESETS: dict[str, dict] = {

@@ -24,7 +24,7 @@ The model (bytes; E = 4 for float32 activations, 2 for bfloat16; image = H*W*3*4
   max(Cin, Cout) * 4, tiles = ceil(h/4) * ceil(w/4)); measured over the direct convolution:
   512 px +319-353 MiB of peak RSS, this term 341 MiB; 256 px +12-33 MiB, this term 197 MiB.
 - ``flipped kernels``: the flipped copy of each direct layer's kernel that the input
-  gradient convolves with (9 * Cin * Cout * 4; made once per run, `vgg.prepare_kernels`).
+  gradient convolves with (9 * Cin * Cout * 4; made once per run, `cpu.prepare_kernels`).
 - ``runtime``: a fixed ``RUNTIME_OVERHEAD[kind]`` (XLA's runtime and the compiled program;
   the compiler's scratch heap is released before the run, and the steps' scratch kept between
   calls, `hostmem`: 20-40 MB more at 512 px, inside the fit's errors). Fitted on CPU to the
@@ -44,9 +44,14 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+import jax
+
+from stylejax.cpu.kernels import runs_winograd
+from stylejax.errors import StylejaxError
+from stylejax.execution import Execution, as_execution
+from stylejax.layers import LAYERS
 from stylejax.losses import LossConfig
 from stylejax.solvers import SolverConfig
-from stylejax.vgg import LAYERS, resolve_conv, runs_winograd
 from stylejax.weights import CONV_SPECS
 
 RUNTIME_OVERHEAD = {"lbfgs": 220 * 2**20, "optax-lbfgs": 220 * 2**20, "adam": 150 * 2**20}
@@ -69,7 +74,7 @@ _INPUTS = {name: cin for name, cin, _ in CONV_SPECS}
 
 def _uses_winograd(cfg: LossConfig, name: str, h: int, w: int) -> bool:
     """Whether conv layer ``name``, on [h, w] maps, runs as Winograd in a Winograd run."""
-    return runs_winograd(name, cfg.layers, "winograd", (1, h, w, _INPUTS[name]), cfg.dtype)
+    return runs_winograd(name, cfg.layers, Execution("winograd"), (1, h, w, _INPUTS[name]))
 
 
 def _winograd_bytes(cfg: LossConfig, shapes) -> int:
@@ -96,18 +101,21 @@ def _layer_shapes(height: int, width: int, deepest: str):
 
 
 def predict(cfg: LossConfig, scfg: SolverConfig, height: int, width: int,
-            tile: Optional[tuple] = None, platform: Optional[str] = None) -> dict:
+            tile: Optional[tuple] = None, platform: Optional[str] = None,
+            execution: Optional[Execution] = None) -> dict:
     """Predicted peak memory of a run at ``height`` x ``width`` px, in bytes per component.
 
     ``tile``: (th, tw) of a tiled run (the device holds one tile at a time); ``platform``:
-    "cpu", "gpu" or "tpu" (None: jax's default backend). Returns
+    "cpu", "gpu" or "tpu" (None: jax's default backend); ``execution``: the convolution
+    algorithm and activation dtype (None: the default `Execution`). Returns
     ``{"params", "activations", "targets", "solver", "runtime", ["host tiling buffers"],
     "flipped kernels", ["winograd"], "total"}``.
     """
     full_h, full_w = height, width
     if tile is not None:
         height, width = min(tile[0], height), min(tile[1], width)
-    e = 2 if cfg.dtype == "bfloat16" else 4
+    execution = as_execution(execution)
+    e = 2 if execution.dtype == "bfloat16" else 4
     deepest = max(cfg.layers, key=LAYERS.index)
     shapes = _layer_shapes(height, width, deepest)
     convs = [(n, ci, co) for n, ci, co in CONV_SPECS if n in {s[0] for s in shapes}]
@@ -127,16 +135,14 @@ def predict(cfg: LossConfig, scfg: SolverConfig, height: int, width: int,
         solver = ADAM_IMAGES * image
     else:
         solver = (2 * scfg.history + LINE_SEARCH_IMAGES) * image
-    if scfg.precondition != 0:  # the variables z beside the image, a spectrum of them, and
-        # the complex64 DFT matrices of both sides: only the sharded form ("matmul") builds
-        # them, so on one device this over-counts by 2 MiB at 256 px (conservative)
-        solver += PRECONDITION_IMAGES * image + 2 * 8 * (height ** 2 + width ** 2)
-    if platform is None:
-        import jax
-        platform = jax.default_backend()
+    if scfg.precondition != 0:  # the variables z beside the image and a spectrum of them
+        solver += PRECONDITION_IMAGES * image
+        if scfg.dft == "matmul":  # the complex64 DFT matrices of both sides
+            solver += 2 * 8 * (height ** 2 + width ** 2)
+    platform = platform or jax.default_backend()
     table = {"params": params, "activations": acts, "targets": targets, "solver": solver,
              "runtime": RUNTIME_OVERHEAD[scfg.kind]}
-    winograd = resolve_conv(cfg.conv, platform) == "winograd"
+    winograd = execution.resolved_conv(platform) == "winograd"
     table["flipped kernels"] = sum(9 * ci * co * 4 for n, ci, co in convs
                                    if not (winograd and _uses_winograd(cfg, n, *by_name[n][1:3])))
     if winograd and (extra := _winograd_bytes(cfg, shapes)):
@@ -159,8 +165,6 @@ def predict(cfg: LossConfig, scfg: SolverConfig, height: int, width: int,
 def free_memory(device=None) -> int:
     """Bytes the device can still allocate: on GPU/TPU ``bytes_limit - bytes_in_use`` from
     ``memory_stats()``; on CPU the host's MemAvailable (/proc/meminfo)."""
-    import jax
-
     device = device or jax.devices()[0]
     if device.platform != "cpu":
         stats = device.memory_stats() or {}
@@ -209,34 +213,12 @@ def refusal(table: dict, free: int, height: int, width: int, scfg: SolverConfig,
 
 
 def check(cfg: LossConfig, scfg: SolverConfig, height: int, width: int, tile=None,
-          show: bool = False, free: Optional[int] = None, out=None) -> dict:
-    """Predicts the run's peak; prints the plan if ``show``; raises StylejaxError (one
-    sentence, with the figures and what to change) if it exceeds the free memory, unless
-    ``show`` (then the plan says so). Returns the table."""
-    from stylejax.errors import StylejaxError
-
-    table = predict(cfg, scfg, height, width, tile)
+          free: Optional[int] = None, execution: Optional[Execution] = None) -> dict:
+    """Predicts the run's peak (`predict`); raises StylejaxError (one sentence, with the
+    figures and what to change) if it exceeds ``free`` (default: `free_memory`). Returns
+    the table."""
+    table = predict(cfg, scfg, height, width, tile, execution=execution)
     free = free_memory() if free is None else free
-    if show:
-        print(format_plan(table, free, height, width, tile), file=out)
-        return table
     if table["total"] > free:
         raise StylejaxError(refusal(table, free, height, width, scfg, tile is not None))
     return table
-
-
-def check_run(args, rc, shape) -> bool:
-    """The command line's memory check, before any work: with ``--plan`` prints the plan and
-    returns True (exit 0); otherwise raises StylejaxError if the run will not fit, else
-    returns False. ``shape``: the prepared content image's (H, W, ...)."""
-    from stylejax.driver import solver_config
-    from stylejax.tiling import check_tile, default_overlap
-
-    h, w = shape[:2]
-    scfg = solver_config(rc)
-    tile = None
-    if getattr(args, "tile", None):
-        overlap = default_overlap(args.tile) if args.tile_overlap is None else args.tile_overlap
-        tile = check_tile(args.tile, overlap, h, w, rc.loss.layers)
-    check(rc.loss, scfg, h, w, tile, show=bool(getattr(args, "plan", False)))
-    return bool(getattr(args, "plan", False))

@@ -6,13 +6,15 @@
     image, loss = state.image, state.value
 
 The solver state (L-BFGS history, Adam moments) is carried across epochs, so k iterations
-twice equal 2k iterations once. Preconditioned (L-BFGS with a line search, by default), the
-solver works on variables ``z`` whose image is ``precondition.smooth(z)`` (same loss, a
-better-conditioned path to it; ``state.image`` is always the image). Backends:
+twice equal 2k iterations once. By default every solver works on the pixels, as Gatys et al.
+and jcjohnson/neural-style do. With ``precondition`` (opt-in) it works on variables ``z``
+whose image is ``precondition.smooth(z)``: the same loss, a better-conditioned path to it
+that damps fine detail early (see README, "Optimizers"); ``state.image`` is always the image.
+Backends:
 
 - ``lbfgs``: jaxopt's `LBFGS` (the default). ``lr > 0`` takes fixed steps of that size along
-  the L-BFGS direction (as the seed repository); ``lr == 0`` uses jaxopt's zoom (strong
-  Wolfe) line search, its steps taken with one objective call site (`linesearch`).
+  the L-BFGS direction (as the seed repository); ``lr == 0`` uses the zoom (strong Wolfe)
+  line search, its steps taken with one objective call site (`stylejax.jaxopt_lbfgs`).
 - ``optax-lbfgs``: optax's `lbfgs` (maintained; zoom line search).
 - ``adam``: optax's Adam with learning rate ``lr`` (in [0, 1] image units).
 """
@@ -21,49 +23,41 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import warnings
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from stylejax.cpu.kernels import prepare_kernels
 from stylejax.errors import StylejaxError
-from stylejax.linesearch import OneEvaluationZoom
+from stylejax.execution import Execution, as_execution
+from stylejax.jaxopt_lbfgs import fresh_lbfgs_state, lbfgs
 from stylejax.losses import LossConfig, loss_fn
 from stylejax.precondition import DFTS, in_smooth_variables, smooth, unsmooth
-from stylejax.vgg import prepare_kernels
-
-with warnings.catch_warnings():
-    # jaxopt announces on import that it is no longer maintained; we know, and keep it
-    # working behind this interface (optax-lbfgs is the maintained alternative).
-    warnings.simplefilter("ignore")
-    import jaxopt
-    from jaxopt._src import base
-    from jaxopt._src.lbfgs import LbfgsState
 
 OPTIMIZERS = ("lbfgs", "optax-lbfgs", "adam")
-# L-BFGS with a line search smooths by default at this fraction of the image's shorter side
-# (a wavelength in px); see README, "Optimizers", for the measurements.
 PRECONDITION_FRACTION = 1 / 8
+"""``precondition="auto"``: the wavelength as this fraction of the image's shorter side."""
 
 
 @dataclasses.dataclass(frozen=True)
 class SolverConfig:
-    """Static solver settings (hashable: part of the compiled epoch's identity).
+    """Static solver settings (hashable: part of the compiled epoch's identity). The
+    defaults here are the library's and the command line's.
 
     Attributes:
       kind: "lbfgs" (jaxopt), "optax-lbfgs" or "adam".
       iterations: solver iterations per epoch (one compiled call).
-      lr: fixed step (lbfgs; 0 = line search) or Adam learning rate (default 0.02).
+      lr: fixed step (lbfgs; 0 = line search) or Adam learning rate (0: 0.02).
       history: L-BFGS memory (pairs of image-sized vectors kept).
       maxls: most function evaluations per line search.
-      precondition: wavelength in pixels of the change of variables (`stylejax.precondition`);
-        0 = optimize the pixels themselves. None (the default): for ``lbfgs`` with a line
-        search, PRECONDITION_FRACTION of each image's shorter side (`wavelength`); for the
-        others 0 (fixed steps and Adam's rate keep their pixel-space meaning).
-      dft: how that change of variables transforms: "fft", or "matmul" (`stylejax.batch`
-        sets it for programs sharded over several devices, where XLA's CPU FFT fails).
+      precondition: 0 (the default): optimize the pixels themselves. A wavelength in px, or
+        "auto" (`PRECONDITION_FRACTION` of the image's shorter side): optimize a smoothed
+        parametrization instead (`stylejax.precondition`); opt-in, since with a fixed budget
+        it changes which image comes out.
+      dft: how that change of variables transforms: "fft", or "matmul" (dense DFT products;
+        `stylejax.batch` uses them where an image is split over devices).
     """
 
     kind: str = "lbfgs"
@@ -71,27 +65,47 @@ class SolverConfig:
     lr: float = 0.0
     history: int = 100
     maxls: int = 20
-    precondition: Optional[float] = None
+    precondition: Union[float, str] = 0.0
     dft: str = "fft"
 
     def __post_init__(self):
-        if self.precondition is None and (self.kind != "lbfgs" or self.lr > 0):
-            object.__setattr__(self, "precondition", 0.0)
-        elif self.precondition is not None:
-            object.__setattr__(self, "precondition", float(self.precondition))
         if self.kind not in OPTIMIZERS:
             raise StylejaxError(f"Unknown optimizer {self.kind!r}: use one of {', '.join(OPTIMIZERS)}.")
         if self.iterations < 1:
             raise StylejaxError(f"Iterations per epoch must be >= 1, got {self.iterations}.")
-        if self.lr < 0:
+        if not self.lr >= 0:
             raise StylejaxError(f"The learning rate must be >= 0, got {self.lr}.")
         if self.history < 1:
             raise StylejaxError(f"The L-BFGS history must be >= 1, got {self.history}.")
         if self.dft not in DFTS:
             raise StylejaxError(f"Unknown DFT {self.dft!r}: use one of {', '.join(DFTS)}.")
-        if self.precondition is not None and not self.precondition >= 0:
-            raise StylejaxError(f"The preconditioning wavelength must be >= 0 px (0: off), got "
-                                f"{self.precondition:g}.")
+        object.__setattr__(self, "precondition", parse_precondition(self.precondition))
+
+
+def parse_precondition(value) -> Union[float, str]:
+    """``value`` as a `SolverConfig.precondition`: "auto", or a float >= 0 (None: 0)."""
+    if value is None:
+        return 0.0
+    if isinstance(value, str):
+        if value.strip().lower() == "auto":
+            return "auto"
+        try:
+            value = float(value)
+        except ValueError:
+            value = float("nan")
+    if not float(value) >= 0:
+        raise StylejaxError(f"The preconditioning wavelength must be 'auto' or >= 0 px (0: "
+                            f"off), got {value}.")
+    return float(value)
+
+
+def solver_config(kind: Optional[str] = None, iterations: Optional[int] = None,
+                  lr: Optional[float] = None, history: Optional[int] = None,
+                  precondition=None) -> SolverConfig:
+    """A `SolverConfig` from the settings given; those left None keep its defaults."""
+    given = dict(kind=kind, iterations=iterations, lr=lr, history=history,
+                 precondition=precondition)
+    return SolverConfig(**{k: v for k, v in given.items() if v is not None})
 
 
 class SolverState(NamedTuple):
@@ -107,7 +121,7 @@ class SolverState(NamedTuple):
 
 def wavelength(scfg: SolverConfig, shape) -> float:
     """The preconditioning wavelength in px (0: none) for images of ``shape`` [..., H, W, 3]."""
-    if scfg.precondition is None:
+    if scfg.precondition == "auto":
         return PRECONDITION_FRACTION * min(shape[-3:-1])
     return scfg.precondition
 
@@ -130,54 +144,33 @@ def _state(scfg: SolverConfig, point, inner, value) -> SolverState:
     return SolverState(point, inner, value)
 
 
-def _in_variables(scfg: SolverConfig, value_and_grad):
-    """``value_and_grad(x, *args)`` as a function of the solver's variables (`_variables`)."""
-    if scfg.precondition == 0:
-        return value_and_grad
-
-    def f(point, *args):
-        length = wavelength(scfg, point.shape)
-        return in_smooth_variables(value_and_grad, length, scfg.dft)(point, *args)
-
-    return f
-
-
 def _point(state: SolverState):
     return state.image if state.point is None else state.point
 
 
-def _objective(vgg, targets, cfg: LossConfig):
-    return lambda x: loss_fn(vgg, x, targets, cfg)
+def objective(vgg, cfg: LossConfig, execution: Optional[Execution] = None) -> Callable:
+    """``f(x, targets) -> (loss, d loss / d x)`` for one image ``x`` [1, H, W, 3]."""
+    return lambda x, targets: _value_and_grad(vgg, x, targets, cfg, execution)
 
 
-@functools.partial(jax.jit, static_argnames="cfg")
-def _value_and_grad(vgg, x, targets, cfg: LossConfig):
+@functools.partial(jax.jit, static_argnames=("cfg", "execution"))
+def _value_and_grad(vgg, x, targets, cfg: LossConfig, execution):
     # Jitted so that jaxopt's L-BFGS, which calls it at its initial state and in its line
     # search, traces and lowers it once.
-    return jax.value_and_grad(loss_fn, argnums=1)(vgg, x, targets, cfg)
+    return jax.value_and_grad(loss_fn, argnums=1)(vgg, x, targets, cfg, execution)
 
 
-def _objective_value_and_grad(cfg: LossConfig):
-    """``f(x, vgg, targets) -> (loss, d loss / d x)``: jaxopt's argument order."""
-    return lambda x, vgg, targets: _value_and_grad(vgg, x, targets, cfg)
+def _lbfgs(scfg: SolverConfig, value_and_grad):
+    """jaxopt's L-BFGS on ``value_and_grad(x, *args)``, over the solver's variables."""
+    if scfg.precondition != 0:
+        pixels = value_and_grad
 
+        def value_and_grad(point, *args):
+            length = wavelength(scfg, point.shape)
+            return in_smooth_variables(pixels, length, scfg.dft)(point, *args)
 
-def _jaxopt_lbfgs(scfg: SolverConfig, value_and_grad):
-    """jaxopt's L-BFGS on ``value_and_grad(x, *args) -> (loss, d loss / d x)``, over the
-    preconditioned variables if ``scfg.precondition``."""
-    value_and_grad = _in_variables(scfg, value_and_grad)
-    if scfg.lr > 0:
-        return jaxopt.LBFGS(fun=value_and_grad, value_and_grad=True, maxiter=scfg.iterations,
-                            history_size=scfg.history, tol=0.0, stepsize=scfg.lr)
-    # Line-search settings chosen by measurement (see README, "Optimizers"): the first
-    # trial step is the full quasi-Newton step (1) at every iteration, as torch's L-BFGS
-    # does. jaxopt's default ("increase") restarts from 1.5x the previous accepted step, so
-    # after one short step it needs many iterations to grow back to 1.
-    search = OneEvaluationZoom(fun=value_and_grad, value_and_grad=True, maxiter=scfg.maxls,
-                               max_stepsize=1.0)
-    return jaxopt.LBFGS(fun=value_and_grad, value_and_grad=True, maxiter=scfg.iterations,
-                        history_size=scfg.history, tol=0.0, linesearch=search,
-                        linesearch_init="max", max_stepsize=1.0)
+    return lbfgs(value_and_grad, iterations=scfg.iterations, history=scfg.history,
+                 lr=scfg.lr, maxls=scfg.maxls)
 
 
 def _optax_tx(scfg: SolverConfig):
@@ -193,25 +186,24 @@ def _first_gamma(grad):
     return jnp.minimum(1.0, 1.0 / jnp.sum(jnp.abs(grad)))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "scfg"))
-def init_state(scfg: SolverConfig, vgg, image, targets, cfg: LossConfig) -> SolverState:
+@functools.partial(jax.jit, static_argnames=("cfg", "scfg", "execution"))
+def init_state(scfg: SolverConfig, vgg, image, targets, cfg: LossConfig,
+               execution: Optional[Execution] = None) -> SolverState:
     """The solver state at ``image`` [1, H, W, 3] (evaluates the loss and gradient once).
 
-    That one-off evaluation uses the exact direct convolution whatever ``cfg.conv`` says, as
-    the targets do: it compiles in about a third of a Winograd program's time, and the
-    epochs that follow evaluate with ``cfg.conv``. For L-BFGS, `fresh_state` needs no
-    evaluation and no program of its own (preconditioned, one small FFT program for ``z``).
+    That one-off evaluation uses the direct convolution whatever ``execution.conv`` says, as
+    the targets do: it compiles in about a third of a Winograd program's time. For L-BFGS,
+    `fresh_state` needs no evaluation and no program of its own.
     """
     point = _variables(scfg, jnp.asarray(image, jnp.float32))
-    cfg = dataclasses.replace(cfg, conv="direct")
+    direct = Execution("direct", as_execution(execution).dtype)
     if scfg.kind == "lbfgs":
-        inner = _jaxopt_lbfgs(scfg, _objective_value_and_grad(cfg)).init_state(point, vgg,
-                                                                                targets)
+        inner = _lbfgs(scfg, objective(vgg, cfg, direct)).init_state(point, targets)
         inner = inner._replace(gamma=_first_gamma(inner.grad).astype(inner.gamma.dtype))
         return _state(scfg, point, inner, inner.value)
     inner = _optax_tx(scfg).init(point)
     state = _state(scfg, point, inner, 0.0)
-    return state._replace(value=loss_fn(vgg, state.image, targets, cfg))
+    return state._replace(value=loss_fn(vgg, state.image, targets, cfg, direct))
 
 
 def fresh_state(scfg: SolverConfig, image) -> SolverState:
@@ -237,21 +229,9 @@ def fresh_state(scfg: SolverConfig, image) -> SolverState:
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _fresh_fields(shape, history: int):
-    """`fresh_state`'s jaxopt state and value for an image of ``shape``, made by one small
-    program rather than an eagerly compiled one per array (0.1 of 0.16 s at 192 px).
-
-    Every field is its own buffer (the epoch donates them), typed as jaxopt's init_state
-    types them, so the epoch compiled for this state runs the states it returns."""
-    real, count = jnp.float32, base.NUM_EVAL_DTYPE
-    inner = LbfgsState(
-        iter_num=jnp.asarray(-1), value=jnp.asarray(jnp.inf, real),
-        grad=jnp.zeros(shape, real), stepsize=jnp.asarray(1.0, real),
-        error=jnp.asarray(jnp.inf, real), s_history=jnp.zeros((history,) + shape, real),
-        y_history=jnp.zeros((history,) + shape, real),
-        rho_history=jnp.zeros((history,), real), gamma=jnp.asarray(1.0, real), aux=None,
-        failed_linesearch=jnp.asarray(False), num_fun_eval=jnp.asarray(0, count),
-        num_grad_eval=jnp.asarray(0, count), num_linesearch_iter=jnp.asarray(0, count))
-    return inner, jnp.asarray(jnp.inf, real)
+    """`fresh_state`'s jaxopt state and value, made by one small program rather than an
+    eagerly compiled one per array (0.1 of 0.16 s at 192 px)."""
+    return fresh_lbfgs_state(shape, history), jnp.asarray(jnp.inf, jnp.float32)
 
 
 def _is_fresh(inner):
@@ -259,9 +239,12 @@ def _is_fresh(inner):
     return inner.iter_num < 0
 
 
-def _jaxopt_iterations(solver, scfg: SolverConfig, state: SolverState, *args) -> SolverState:
-    """``scfg.iterations`` of ``solver`` (`_jaxopt_lbfgs(scfg, ...)`) from ``state``, plus
-    the evaluating one a `fresh_state` needs first; ``args`` go to its objective."""
+def lbfgs_epoch(state: SolverState, value_and_grad, scfg: SolverConfig, *args) -> SolverState:
+    """``scfg.iterations`` L-BFGS iterations on ``value_and_grad(x, *args) -> (loss, grad)``
+    from ``state``, plus the evaluating one a `fresh_state` needs first. Pure (trace it
+    inside `jax.jit`, `jax.vmap` or `shard_map`)."""
+    solver = _lbfgs(scfg, value_and_grad)
+
     def body(_, carry):
         x, inner = carry
         x, new = solver.update(x, inner, *args)
@@ -278,9 +261,9 @@ def _jaxopt_iterations(solver, scfg: SolverConfig, state: SolverState, *args) ->
     return _state(scfg, point, inner, inner.value)
 
 
-def _optax_epoch(state, vgg, targets, cfg, scfg):
+def _optax_epoch(state, vgg, targets, cfg, scfg, execution):
     tx = _optax_tx(scfg)
-    f = _objective(vgg, targets, cfg)
+    f = lambda x: loss_fn(vgg, x, targets, cfg, execution)  # noqa: E731
     if length := wavelength(scfg, state.image.shape):
         pixels = f
         f = lambda z: pixels(smooth(z, length, scfg.dft))  # noqa: E731
@@ -304,19 +287,27 @@ def _optax_epoch(state, vgg, targets, cfg, scfg):
     return _state(scfg, point, inner, value)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "scfg"), donate_argnames=("state",))
-def run_epoch(state: SolverState, vgg, targets, *, cfg: LossConfig,
-              scfg: SolverConfig) -> SolverState:
+def epoch(state: SolverState, vgg, targets, cfg: LossConfig, scfg: SolverConfig,
+          execution: Optional[Execution] = None, value_and_grad=None) -> SolverState:
+    """`run_epoch`'s body, unjitted (for use inside another transformation).
+    ``value_and_grad``: the L-BFGS objective ``f(x, targets)`` (default `objective`)."""
+    execution = as_execution(execution)
+    if scfg.kind == "lbfgs":
+        f = value_and_grad or objective(vgg, cfg, execution)
+        return lbfgs_epoch(state, f, scfg, targets)
+    return _optax_epoch(state, vgg, targets, cfg, scfg, execution)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "scfg", "execution"),
+                   donate_argnames=("state",))
+def run_epoch(state: SolverState, vgg, targets, *, cfg: LossConfig, scfg: SolverConfig,
+              execution: Optional[Execution] = None) -> SolverState:
     """Runs ``scfg.iterations`` solver iterations from ``state``; one compiled call.
 
     ``state`` is donated: don't read it after the call. The returned ``value`` is the loss at
     the returned image (for Adam, at the image before the last update). A ``vgg`` from
-    `vgg.prepare_kernels` (for this image size) saves each call the kernels' preparation
-    (Winograd's transform, the direct layers' flip); a plain one is prepared inside the call.
+    `cpu.kernels.prepare_kernels` (for this image size) saves each call the kernels'
+    preparation; a plain one is prepared inside the call.
     """
-    vgg = prepare_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype,  # once, not per
-                          state.image.shape)  # evaluation
-    if scfg.kind == "lbfgs":
-        return _jaxopt_iterations(_jaxopt_lbfgs(scfg, _objective_value_and_grad(cfg)), scfg,
-                                  state, vgg, targets)
-    return _optax_epoch(state, vgg, targets, cfg, scfg)
+    vgg = prepare_kernels(vgg, cfg.layers, execution, state.image.shape)  # once, not per
+    return epoch(state, vgg, targets, cfg, scfg, execution)              # evaluation

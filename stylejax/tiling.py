@@ -24,24 +24,28 @@ feathered weight (linear ramps over ``overlap`` px on each side that faces anoth
 elsewhere) into weight and sum buffers, so overlaps cross-fade and the result does not depend
 on the order of the tiles. With a single tile covering the image (``tile`` >= both sides), the
 solver state is carried across epochs exactly as `stylejax.stylize` does, and the result equals
-the untiled run.
+the untiled run: it is `stylejax.run.stylize_epochs` itself.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import jax.numpy as jnp
 import numpy as np
 
+from stylejax import colour
 from stylejax.errors import StylejaxError
-from stylejax.losses import LossConfig, _content_targets, make_targets
-from stylejax.solvers import SolverConfig
-from stylejax.vgg import LAYERS, min_size
+from stylejax.execution import Execution
+from stylejax.layers import LAYERS, min_size
+from stylejax.losses import LossConfig, content_targets, make_targets
+from stylejax.run import (Epoch, as_images, check_call, check_finite, colour_inputs,
+                          compiled_epoch, initial_image, shown_image, state_maker,
+                          stylize_epochs)
+from stylejax.solvers import SolverConfig, solver_config
 
 
 @dataclass
@@ -130,61 +134,32 @@ def _style_for_tiles(style: dict, cfg: LossConfig, tile_shape, image_shape) -> d
             for name, g in style.items()}
 
 
-def stylize_tiled(vgg, content, style, cfg: LossConfig, *, tile: int,
-                  overlap: Optional[int] = None, epochs: int, max_iter: int,
-                  optimizer: str = "lbfgs", lr: float = 0.0, history: int = 100,
-                  init="content", seed: int = 0, callback: Optional[Callable] = None,
-                  style_blend_weights=None, preserve_colors: Optional[str] = None,
-                  feathered: bool = True,
-                  precondition: Optional[float] = None) -> TiledResult:
-    """`stylejax.stylize` for images larger than memory allows, by tiles of ``tile`` px.
-
-    Args as `stylejax.stylize` (no scales or masks), plus:
-      tile: tile side in px (a tile is min(tile, H) x min(tile, W)).
-      overlap: px shared by neighbouring tiles (default `default_overlap`).
-      seed: also seeds the grid's random offsets.
-      feathered: False pastes tiles with weight 1 (hard seams; for comparison only).
-    Memory: one tile's solver state and activations on the device (see `stylejax.plan`), and
-    four image-sized float32 buffers on the host.
-    """
-    from stylejax.driver import (call_inputs, check_finite, colour_inputs, compiled_epoch,
-                                 initial_image, initial_state, run_epochs, shown_image,
-                                 state_maker)
-
-    scfg, content, styles = call_inputs(epochs, preserve_colors, optimizer, max_iter, lr,
-                                        history, content, style, precondition)
+def tiled_epochs(vgg, content, styles, cfg: LossConfig, scfg: SolverConfig, *, tile: int,
+                 overlap: Optional[int] = None, epochs: int, init="content", seed: int = 0,
+                 style_blend_weights=None, preserve_colors: Optional[str] = None,
+                 feathered: bool = True,
+                 execution: Optional[Execution] = None) -> Iterator[Epoch]:
+    """`stylejax.run.stylize_epochs` by tiles: yields an `Epoch` (``state`` None, ``loss``
+    the mean of the tiles' final losses) after each epoch. ``content`` [H, W, 3], ``styles``
+    a list of [h, w, 3]; the other arguments as `stylize_tiled`. One tile covering the whole
+    image is the untiled loop itself (solver state carried)."""
     h, w = content.shape[:2]
     overlap = default_overlap(tile) if overlap is None else int(overlap)
     th, tw = check_tile(tile, overlap, h, w, cfg.layers)
+    if (th, tw) == (h, w):
+        yield from stylize_epochs(vgg, content, styles, cfg, scfg, epochs=epochs, init=init,
+                                  seed=seed, style_blend_weights=style_blend_weights,
+                                  preserve_colors=preserve_colors, execution=execution)
+        return
     shown_content = content
     content, styles = colour_inputs(preserve_colors, content, styles)
     content = np.asarray(content, np.float32)
     x0 = initial_image(init, content, seed)
     if preserve_colors == "luminance":
-        from stylejax import colour
         x0 = colour.luminance_image(x0)
-    result = TiledResult(image=shown_image(preserve_colors, x0, shown_content), tile=(th, tw))
-
-    def report(epoch, image, loss, start):
-        check_finite(epoch, loss)
-        result.seconds.append(time.perf_counter() - start)
-        result.image = shown_image(preserve_colors, image, shown_content)
-        result.losses.append(loss)
-        if callback is not None:
-            callback(epoch, result.image, loss)
-
-    if (th, tw) == (h, w):  # one tile: exactly the untiled run, solver state carried
-        targets = make_targets(vgg, content, styles, cfg, style_blend_weights)
-        state = initial_state(scfg, vgg, x0, targets, cfg)
-        start = time.perf_counter()
-        for epoch, state, loss in run_epochs(vgg, targets, cfg, scfg, state, epochs):
-            result.grids.append([(0, 0)])
-            report(epoch, np.asarray(state.image), loss, start)
-            start = time.perf_counter()
-        return result
-
     # Style Grams once, from the whole style image(s); content features per tile.
-    style_targets = make_targets(vgg, content[:th, :tw], styles, cfg, style_blend_weights)
+    style_targets = make_targets(vgg, content[:th, :tw], styles, cfg, style_blend_weights,
+                                 execution=execution)
     style_targets = _style_for_tiles(style_targets["style"], cfg, (th, tw), (h, w))
     rng = np.random.default_rng(seed)
     image = np.array(x0[0], np.float32)
@@ -196,15 +171,15 @@ def stylize_tiled(vgg, content, style, cfg: LossConfig, *, tile: int,
         wsum = np.zeros((h, w, 1), np.float32)
         losses = []
         for y, x in grid:
-            targets = {"content": _content_targets(
-                vgg, jnp.asarray(content[None, y:y + th, x:x + tw]), cfg),
+            targets = {"content": content_targets(
+                vgg, jnp.asarray(content[None, y:y + th, x:x + tw]), cfg, execution),
                 "style": style_targets}
             crop = jnp.asarray(image[None, y:y + th, x:x + tw])
             if init_fn is None:
-                init_fn = state_maker(scfg, vgg, crop, targets, cfg)
+                init_fn = state_maker(scfg, vgg, crop, targets, cfg, execution)
             state = init_fn(vgg, crop, targets)
             if epoch_fn is None:
-                epoch_fn = compiled_epoch(vgg, targets, cfg, scfg, state)
+                epoch_fn = compiled_epoch(vgg, targets, cfg, scfg, state, execution)
             state = epoch_fn(state, targets)
             losses.append(float(state.value))
             if not math.isfinite(losses[-1]):
@@ -214,45 +189,53 @@ def stylize_tiled(vgg, content, style, cfg: LossConfig, *, tile: int,
             wgt = (wy[:, None] * wx[None, :])[..., None]
             acc[y:y + th, x:x + tw] += wgt * np.asarray(state.image[0])
             wsum[y:y + th, x:x + tw] += wgt
-        result.grids.append(grid)
-        if all(math.isfinite(v) for v in losses):
-            image = acc / wsum
-        report(epoch, image[None], float(np.mean(losses)), start)
+        loss = float(np.mean(losses))
+        check_finite(epoch, loss)
+        image = acc / wsum
+        yield TiledEpoch(epoch, 0, 1, (h, w), epoch == epochs, None, loss,
+                         shown_image(preserve_colors, image[None], shown_content),
+                         time.perf_counter() - start, grid)
+
+
+@dataclass
+class TiledEpoch(Epoch):
+    """An `Epoch` of a tiled run, with ``grid``: the tiles' top-left corners [(y, x)]."""
+
+    grid: list = field(default_factory=list)
+
+
+def stylize_tiled(vgg, content, style, cfg: LossConfig, *, tile: int,
+                  overlap: Optional[int] = None, epochs: int, max_iter: int,
+                  optimizer: str = "lbfgs", lr: Optional[float] = None,
+                  history: Optional[int] = None, init="content", seed: int = 0,
+                  callback: Optional[Callable] = None, style_blend_weights=None,
+                  preserve_colors: Optional[str] = None, feathered: bool = True,
+                  precondition=None, execution: Optional[Execution] = None) -> TiledResult:
+    """`stylejax.stylize` for images larger than memory allows, by tiles of ``tile`` px.
+
+    Args as `stylejax.stylize` (no scales or masks), plus:
+      tile: tile side in px (a tile is min(tile, H) x min(tile, W)).
+      overlap: px shared by neighbouring tiles (default `default_overlap`).
+      seed: also seeds the grid's random offsets.
+      feathered: False pastes tiles with weight 1 (hard seams; for comparison only).
+    Memory: one tile's solver state and activations on the device (see `stylejax.plan`), and
+    four image-sized float32 buffers on the host.
+    """
+    check_call(epochs, preserve_colors)
+    scfg = solver_config(optimizer, max_iter, lr, history, precondition)
+    content, styles = as_images(content, style)
+    h, w = content.shape[:2]
+    overlap = default_overlap(tile) if overlap is None else int(overlap)
+    result = TiledResult(image=None, tile=check_tile(tile, overlap, h, w, cfg.layers))
+    for step in tiled_epochs(vgg, content, styles, cfg, scfg, tile=tile, overlap=overlap,
+                             epochs=epochs, init=init, seed=seed,
+                             style_blend_weights=style_blend_weights,
+                             preserve_colors=preserve_colors, feathered=feathered,
+                             execution=execution):
+        result.image = step.image
+        result.losses.append(step.loss)
+        result.seconds.append(step.seconds)
+        result.grids.append(getattr(step, "grid", [(0, 0)]))
+        if callback is not None:
+            callback(step.epoch, step.image, step.loss)
     return result
-
-
-def run_cli(args, rc, scfg: SolverConfig, vgg, content, styles, init, outputs) -> int:
-    """The ``--tile`` branch of ``stylize.py``: snapshots, log and final image via the
-    driver's ``outputs``; returns the exit status."""
-    if args.resume or rc.scales or args.content_mask or args.style_masks:
-        raise StylejaxError("--tile cannot be combined with --resume, --scales or masks: "
-                            "drop those flags or --tile.")
-    overlap = default_overlap(args.tile) if args.tile_overlap is None else args.tile_overlap
-    th, tw = check_tile(args.tile, overlap, *content.shape[:2], rc.loss.layers)
-    n = math.ceil(max(content.shape[0] - overlap, 1) / max(th - overlap, 1)) * \
-        math.ceil(max(content.shape[1] - overlap, 1) / max(tw - overlap, 1))
-    print(f"tiling: {tw}x{th} px tiles, overlap {overlap} px, about {n} tiles an epoch",
-          file=sys.stderr)
-    last, shown = [time.perf_counter()], [None]
-
-    def callback(epoch, image, loss):
-        now = time.perf_counter()
-        outputs.epoch(epoch, image, loss, now - last[0])
-        print(f"epoch {epoch}/{rc.epochs}: mean tile loss {loss:.4g}, {now - last[0]:.1f} s",
-              file=sys.stderr)
-        last[0], shown[0] = now, image
-
-    try:
-        result = stylize_tiled(
-            vgg, content, styles, rc.loss, tile=args.tile, overlap=overlap, epochs=rc.epochs,
-            max_iter=rc.max_iter, optimizer=scfg.kind, lr=scfg.lr, history=scfg.history,
-            precondition=scfg.precondition, init=init, seed=rc.seed, callback=callback,
-            style_blend_weights=rc.style_blend_weights, preserve_colors=rc.preserve_colors)
-    except StylejaxError:
-        if shown[0] is not None:  # keep the last good epoch, as the untiled driver does
-            outputs.finish(content, shown[0], "last.png")
-        raise
-    outputs.finish(content, result.image)
-    print(f"wrote {outputs.out / 'final.png'} (mean tile loss {result.losses[-1]:.6g} after "
-          f"{rc.epochs * rc.max_iter} iterations a tile)")
-    return 0

@@ -92,13 +92,13 @@ def release_freed_memory() -> bool:
 def compile_released(jitted, *args, **kwargs):
     """``jitted.lower(*args, **kwargs).compile()`` (with stylejax's compiler options,
     `xla_options.compile_lowered`, for the convolution algorithm of the first argument that
-    has a ``conv``: the `LossConfig`), then `release_freed_memory`; `keep_step_heap` first.
+    has a ``conv``: the `Execution`), then `release_freed_memory`. It does not call
+    `keep_step_heap` (a process-wide setting): the command line does, for its own process.
 
     Call the result with the non-static arguments only. Compiling ahead like this, rather
     than on the first call, lets the compiler's scratch go back to the OS before the program
     first runs, so it never adds to the run's peak memory.
     """
-    keep_step_heap()
     conv = next((a.conv for a in (*args, *kwargs.values())
                  if isinstance(getattr(a, "conv", None), str)), "auto")
     compiled = compile_lowered(jitted.lower(*args, **kwargs), conv)

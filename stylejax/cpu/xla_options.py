@@ -36,6 +36,10 @@ from __future__ import annotations
 import functools
 import os
 
+import jax
+
+from stylejax.execution import resolve_conv
+
 YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 _DOTS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
 _CONVOLUTIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
@@ -67,10 +71,6 @@ def compiler_options(platform: str | None = None, conv: str = "auto") -> dict:
     """The options `compile_lowered` adds for ``platform`` (default: JAX's default backend)
     to a program whose convolutions use ``conv`` (one of `vgg.CONVS`): `CPU_OPTIONS` on the
     CPU, none elsewhere, none once refused or set in ``XLA_FLAGS``."""
-    import jax
-
-    from stylejax.vgg import resolve_conv
-
     platform = platform or jax.default_backend()
     if platform != "cpu" or _rejected or YNN_OPTION in os.environ.get("XLA_FLAGS", ""):
         return {}

@@ -1,4 +1,13 @@
-"""jaxopt's zoom (strong Wolfe) line search with the objective called at one place.
+"""Everything that reaches into jaxopt's private internals, in one module.
+
+jaxopt (0.8.5) is no longer developed and is pinned below 0.9 in pyproject.toml; this module
+leans on its private `_src` names (`LbfgsState`, `LineSearchStep`, `NUM_EVAL_DTYPE`) and on
+`ZoomLineSearch`'s private methods (`_value_and_slope_on_line`, `_zoom_into_interval`,
+`_search_interval`). tests/test_linesearch.py pins the behaviour: our L-BFGS takes stock
+jaxopt's steps, and `fresh_lbfgs_state` is jaxopt's `init_state` type for type.
+
+Why the line search is rewritten: jaxopt's zoom (strong Wolfe) line search calls the
+objective in several places.
 
 jaxopt's `ZoomLineSearch.update` evaluates the objective in three branches (widen the bracket,
 zoom into it, fall back to the last safe step when the search fails), and its `run` peels the
@@ -11,7 +20,6 @@ update evaluated all three branches for every pair.
 bracket logic with the evaluation stubbed, which yields the step it wants to try (XLA drops the
 stub's arithmetic); it evaluates the objective there, then runs the same logic again with that
 result. A failed search's fall-back evaluation is a second trip through the same call site.
-jaxopt (0.8.5, no longer developed) is pinned below 0.9: this leans on its private methods.
 """
 
 from __future__ import annotations
@@ -25,7 +33,9 @@ import jax.numpy as jnp
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # jaxopt's "no longer maintained" notice
     import jaxopt
+    from jaxopt._src import base
     from jaxopt._src.base import LineSearchStep
+    from jaxopt._src.lbfgs import LbfgsState
 
 
 class OneEvaluationZoom(jaxopt.ZoomLineSearch):
@@ -109,3 +119,35 @@ class OneEvaluationZoom(jaxopt.ZoomLineSearch):
         return out._replace(state=out.state._replace(
             num_fun_eval=out.state.num_fun_eval + evals,
             num_grad_eval=out.state.num_grad_eval + evals))
+
+
+def lbfgs(value_and_grad, *, iterations: int, history: int, lr: float, maxls: int):
+    """jaxopt's L-BFGS on ``value_and_grad(x, *args) -> (loss, d loss / d x)``: fixed steps
+    of ``lr`` along the L-BFGS direction if ``lr > 0`` (as the seed repository), else the
+    zoom line search with one objective call site (`OneEvaluationZoom`)."""
+    if lr > 0:
+        return jaxopt.LBFGS(fun=value_and_grad, value_and_grad=True, maxiter=iterations,
+                            history_size=history, tol=0.0, stepsize=lr)
+    # The first trial step is the full quasi-Newton step (1) at every iteration, as torch's
+    # L-BFGS does. jaxopt's default ("increase") restarts from 1.5x the previous accepted
+    # step, so after one short step it needs many iterations to grow back to 1.
+    search = OneEvaluationZoom(fun=value_and_grad, value_and_grad=True, maxiter=maxls,
+                               max_stepsize=1.0)
+    return jaxopt.LBFGS(fun=value_and_grad, value_and_grad=True, maxiter=iterations,
+                        history_size=history, tol=0.0, linesearch=search,
+                        linesearch_init="max", max_stepsize=1.0)
+
+
+def fresh_lbfgs_state(shape, history: int):
+    """An L-BFGS state for variables of ``shape`` that has not evaluated the objective:
+    ``iter_num`` -1, value +inf, zero gradient and history. Every field is its own buffer,
+    typed as jaxopt's `init_state` types them, so a program compiled for one runs the other."""
+    real, count = jnp.float32, base.NUM_EVAL_DTYPE
+    return LbfgsState(
+        iter_num=jnp.asarray(-1), value=jnp.asarray(jnp.inf, real),
+        grad=jnp.zeros(shape, real), stepsize=jnp.asarray(1.0, real),
+        error=jnp.asarray(jnp.inf, real), s_history=jnp.zeros((history,) + shape, real),
+        y_history=jnp.zeros((history,) + shape, real),
+        rho_history=jnp.zeros((history,), real), gamma=jnp.asarray(1.0, real), aux=None,
+        failed_linesearch=jnp.asarray(False), num_fun_eval=jnp.asarray(0, count),
+        num_grad_eval=jnp.asarray(0, count), num_linesearch_iter=jnp.asarray(0, count))
