@@ -1,5 +1,6 @@
 """The weight converter: parity with Keras and PyTorch themselves, the readers, the download,
-and the command line's refusals. All offline: downloads come from a local http.server."""
+and the command line's refusals. All offline: downloads come from a local http.server, a
+closed local port or a patched ``urlopen``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")  # before anything imports keras
 
+import ast
 import dataclasses
 import functools
 import hashlib
@@ -18,6 +20,8 @@ import struct
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -33,6 +37,7 @@ from fixtures import (  # noqa: E402
 
 import stylejax  # noqa: E402
 from stylejax import convert  # noqa: E402
+from stylejax.cli import convert as convert_cli  # noqa: E402
 from stylejax.errors import StylejaxError  # noqa: E402
 from stylejax.weights import (  # noqa: E402
     CAFFE, CONV_SPECS, TORCHVISION, Preprocess, params_checksum, read_vgg19_file)
@@ -397,7 +402,7 @@ def test_converted_file_records_its_origin(params, torch_zip, tmp_path):
     vgg = stylejax.load_vgg19(out)
     assert vgg.preprocess == TORCHVISION and vgg.source == "torchvision:vgg19_zip.pth"
     # --preprocess overrides what the format implies.
-    assert convert.main(["--source", str(torch_zip), "--out", str(out),
+    assert convert_cli.main(["--source", str(torch_zip), "--out", str(out),
                          "--preprocess", "caffe"]) == 0
     assert stylejax.load_vgg19(out).preprocess == CAFFE
 
@@ -418,17 +423,17 @@ def test_download_verifies_and_caches(http_root, keras_2016, tmp_path, monkeypat
     monkeypatch.setenv("STYLEJAX_CACHE", str(cache))
     out = tmp_path / "out" / "vgg19.msgpack"
     try:
-        assert convert.main(["--out", str(out)]) == 0
+        assert convert_cli.main(["--out", str(out)]) == 0
         captured = capsys.readouterr()
         assert str(out) in captured.out and "keras:" in captured.out
         assert "Downloading" in captured.err
         assert sorted(p.name for p in cache.iterdir()) == [served.name]
         assert stylejax.load_vgg19(out).preprocess == CAFFE
         # A second run uses the cache; a damaged cached file is fetched again.
-        assert convert.main(["--source", "keras", "--out", str(out)]) == 0
+        assert convert_cli.main(["--source", "keras", "--out", str(out)]) == 0
         assert "Using cached" in capsys.readouterr().err
         (cache / served.name).write_bytes(b"damaged")
-        assert convert.main(["--source", "keras", "--out", str(out)]) == 0
+        assert convert_cli.main(["--source", "keras", "--out", str(out)]) == 0
         assert "downloading it again" in capsys.readouterr().err
         assert (cache / served.name).stat().st_size == keras_2016.stat().st_size
     finally:
@@ -448,8 +453,14 @@ def test_download_checks_hash_and_sha256_prefix(http_root, torch_zip, tmp_path):
             convert.download(f"{base}/{served.name}", dest, md5="0" * 32)
         assert list(tmp_path.iterdir()) == []
         prefix = hashlib.sha256(torch_zip.read_bytes()).hexdigest()[:8]
-        sha = convert.download(f"{base}/{served.name}", dest, sha256_prefix=prefix)
+        calls = []
+        sha = convert.download(f"{base}/{served.name}", dest, sha256_prefix=prefix,
+                               progress=lambda done, total: calls.append((done, total)))
         assert sha.startswith(prefix) and list(tmp_path.iterdir()) == [dest]
+        # progress(done_bytes, total_bytes): from 0, rising, ending at the file's size.
+        size = torch_zip.stat().st_size
+        assert calls[0] == (0, size) and calls[-1] == (size, size)
+        assert [d for d, _ in calls] == sorted(d for d, _ in calls)
     finally:
         served.unlink()
 
@@ -462,6 +473,64 @@ def test_download_network_failures(http_root, closed_port_url, tmp_path):
     with pytest.raises(StylejaxError, match=r"Could not download .*HTTP 404"):
         convert.download(f"{base}/missing.h5", dest, md5="0" * 32)
     assert list(tmp_path.iterdir()) == []
+
+
+def _one_sentence(message, url):
+    """True if ``message`` (``url`` aside, whose dots are not full stops) is one sentence."""
+    text = message.replace(url, "URL")
+    return text.endswith(".") and re.search(r"[.!?]\s+[A-Z]", text) is None
+
+
+@pytest.mark.parametrize("source", ["keras", "torchvision"])
+def test_offline_download_says_what_to_do(source, monkeypatch, tmp_path, capsys):
+    """No network (DNS fails, as offline): one sentence naming the published address and
+    its hash and --source PATH, exit status 2, nothing left in the cache or at --out."""
+    published = convert.DOWNLOADS[source]
+
+    def offline(url, *args, **kwargs):
+        assert url == published.url  # no $STYLEJAX_TEST_DOWNLOAD_URL: the real address
+        raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.delenv(convert.TEST_URL_ENV, raising=False)
+    monkeypatch.setenv("STYLEJAX_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out" / "vgg19.msgpack"
+    assert convert_cli.main(["--source", source, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and err.rstrip().endswith(errors[0]), err
+    line = errors[0]
+    assert "Traceback" not in err
+    assert line.startswith(f"error: Could not download {published.url} ")
+    assert "Temporary failure in name resolution" in line
+    assert (published.md5 or published.sha256_prefix) in line
+    assert "--source PATH" in line and _one_sentence(line, published.url), line
+    assert list((tmp_path / "cache").iterdir()) == [] and not out.parent.exists()
+
+
+# --------------------------------------------------------------------------------------
+# The package's shape: a library (no command line, no progress bar), imports pointing down.
+
+
+CONVERT_DIR = REPO / "stylejax" / "convert"
+
+
+@pytest.mark.parametrize("module", sorted(p.name for p in CONVERT_DIR.glob("*.py")))
+def test_convert_package_imports_point_down(module):
+    """stylejax.convert imports neither argparse nor tqdm (the CLI's), nothing above it, and
+    only at module level (an import inside a function hides a cycle or a dependency)."""
+    tree = ast.parse((CONVERT_DIR / module).read_text())
+    top = set(map(id, tree.body))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""])
+            for name in names:
+                assert name.split(".")[0] not in ("argparse", "tqdm"), (module, name)
+                assert not name.startswith(("stylejax.cli", "stylejax.driver")), (module, name)
+            in_try = any(id(node) in set(map(id, t.body)) for t in tree.body
+                         if isinstance(t, ast.Try))
+            assert id(node) in top or in_try, f"{module}:{node.lineno} imports in a function"
 
 
 # --------------------------------------------------------------------------------------
@@ -642,7 +711,11 @@ MAIN_REFUSALS = {
 # Refusals of a download (from the local http.server): name -> message regex.
 DOWNLOAD_REFUSALS = {
     "download hash mismatch": "fails its hash check",
-    "download refused": "Could not download .* check your connection, or download it",
+    # Offline: one sentence with the address tried, the published hash and --source PATH.
+    "download refused": (r"Could not download http://127\.0\.0\.1:\d+/vgg19\.h5 \(.*\): check "
+                         r"your connection, or download it yourself \(its MD5 is "
+                         + re.escape(convert.KERAS_NOTOP.md5)
+                         + r"\) and pass it with --source PATH\.$"),
 }
 NO_TORCH = ("import sys; sys.modules['torch'] = None\n"
             "from stylejax.convert import read_torchvision_pth\n"
@@ -711,7 +784,7 @@ def test_reading_pth_never_imports_torch(cli):
 def test_cli_refuses(case, cli):
     message = {**{k: m for k, (_, m) in REFUSALS.items()}, **DOWNLOAD_REFUSALS}[case]
     d, proc = cli[case]
-    assert proc.returncode != 0
+    assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     # One "error: ..." line, last (before it: at most "Downloading ..." and the progress bar).
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
@@ -735,7 +808,7 @@ def test_main_refuses(case, keras_2016, torch_zip, torch_legacy, tmp_path, capsy
     else:
         files = {"keras": keras_2016, "zip": torch_zip, "legacy": torch_legacy}
         argv = ["--source", str(make(tmp_path / "src", files)), "--out", str(out)]
-    assert convert.main(argv) == 1
+    assert convert_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: "), err
     assert re.search(message, err), err
