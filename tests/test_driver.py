@@ -1,4 +1,4 @@
-"""The epoch driver end to end through the real command line, and the README's snippet."""
+"""The epoch loop end to end through the real command line, and the README's snippet."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ spatial masks and the normalised VGG-19 (Gatys et al. 2017 and the 2016 paper's 
 Colour maths is checked against numpy written out here from the published coefficients;
 masked Grams against numpy sums; the normalised network against its defining properties.
 To keep XLA compilations few, every VGG test uses the same shallow loss (relu1_1, relu2_1)
-and a handful of image sizes; command-line runs go through `driver.main` in-process, so
+and a handful of image sizes; command-line runs go through `cli.stylize.main` in-process, so
 they share compiled programs.
 """
 
@@ -25,7 +25,10 @@ from PIL import Image
 import stylejax
 from conftest import smooth_image, xla_compiles
 from fixtures import write_keras_h5
-from stylejax import colour, convert, driver, images
+from stylejax import colour, images, run
+from stylejax.cli import convert, inputs, options
+from stylejax.cli import stylize as cli_stylize
+from stylejax.cli.outputs import CHECKPOINT
 from stylejax.losses import LossConfig, gram, layer_masks, masked_gram, network_warning
 from stylejax.vgg import LAYERS, extract_features
 
@@ -218,11 +221,11 @@ def test_coarse_to_fine_feeds_each_scale_and_compiles_once_per_scale(vgg, conten
                                                                       monkeypatch):
     cfg = dataclasses.replace(SHALLOW, tv_weight=0.5)  # a config no other test uses
     seen, made = [], []
-    real_init, real_targets = driver.initial_image, driver.make_targets
-    monkeypatch.setattr(driver, "initial_image",
+    real_init, real_targets = run.initial_image, run.make_targets
+    monkeypatch.setattr(run, "initial_image",
                         lambda init, c, seed=0: seen.append((init, np.shape(c)[-3:-1])) or
                         real_init(init, c, seed))
-    monkeypatch.setattr(driver, "make_targets",
+    monkeypatch.setattr(run, "make_targets",
                         lambda vgg, c, s, *a: made.append(s) or real_targets(vgg, c, s, *a))
     ends = []
     compiled = xla_compiles("run_epoch")
@@ -245,15 +248,15 @@ def test_coarse_to_fine_feeds_each_scale_and_compiles_once_per_scale(vgg, conten
 
 def test_style_scale_sizes_the_style_relative_to_the_content(files):
     style = np.zeros((40, 80, 3), np.float32)
-    stage = driver.stage_inputs(np.zeros((30, 60, 3), np.float32), [style], (15, 30),
+    stage = run.stage_inputs(np.zeros((30, 60, 3), np.float32), [style], (15, 30),
                                 style_scale=0.5)
     assert stage.content.shape == (15, 30, 3) and stage.styles[0].shape == (8, 15, 3)
-    stage = driver.stage_inputs(np.zeros((30, 60, 3), np.float32), [style], (15, 30))
+    stage = run.stage_inputs(np.zeros((30, 60, 3), np.float32), [style], (15, 30))
     assert stage.styles[0].shape == (20, 40, 3)  # scaled with the content: 30/60 of 40x80
-    args = driver.build_parser().parse_args(["c.png", "s.png", "--size", "64",
+    args = options.build_parser().parse_args(["c.png", "s.png", "--size", "64",
                                              "--style-scale", "0.5"])
-    rc = driver.run_config(args)
-    content, style = driver.prepare_images(rc, files["content"], files["s1"], 10 ** 6)
+    rc = options.run_config(args)
+    content, style = inputs.prepare_images(rc, files["content"], files["s1"], 10 ** 6)
     assert content.shape == (48, 64, 3) and style.shape == (32, 32, 3)  # 0.5 x 64 px
 
 
@@ -278,14 +281,14 @@ def files(tmp_path_factory):
 
 
 def cli(capsys, *args):
-    code = driver.main([str(a) for a in args])
+    code = cli_stylize.main([str(a) for a in args])
     return code, capsys.readouterr()
 
 
 def test_cli_everything_together(tmp_path, files, weights_path, capsys, monkeypatch):
     seen = []
-    real_init = driver.initial_image
-    monkeypatch.setattr(driver, "initial_image",
+    real_init = run.initial_image
+    monkeypatch.setattr(run, "initial_image",
                         lambda init, c, seed=0: seen.append(init) or real_init(init, c, seed))
     out = tmp_path / "all"
     code, io = cli(capsys, files["content"], "--style", files["s1"], files["s2"],
@@ -323,13 +326,20 @@ def test_cli_blend_weights_one_zero_equal_the_first_style_alone(tmp_path, files,
 
 
 def test_cli_resume_across_scales_equals_a_straight_run(tmp_path, files, weights_path, capsys,
-                                                        monkeypatch):
+                                                        monkeypatch, vgg):
     common = (files["content"], files["s1"], "--scales", "32,48", "--epochs", 2,
               "--max-iter", 2, *SHALLOW_FLAGS, "--weights", weights_path)
     code, io = cli(capsys, *common, "--out", tmp_path / "straight")
     assert code == 0, io.err
     want = (tmp_path / "straight" / "final.png").read_bytes()
-    real = driver.run_epochs
+    # The library's stylize() with the same settings makes the same image: one loop.
+    rc = options.run_config(options.build_parser().parse_args(list(map(str, common))))
+    content, style = inputs.prepare_images(rc, files["content"], files["s1"], 10 ** 6)
+    lib = stylejax.stylize(vgg, content, style, rc.loss, epochs=2, max_iter=2,
+                           scales=(32, 48))
+    png = np.asarray(Image.open(tmp_path / "straight" / "final.png"), np.int16)
+    assert np.abs(png - np.round(np.clip(lib.image[0], 0, 1) * 255)).max() <= 1
+    real = cli_stylize.stylize_epochs
     for stop_after in (2, 3):  # at the end of scale 1, and inside scale 2
         count = [0]
 
@@ -341,10 +351,10 @@ def test_cli_resume_across_scales_equals_a_straight_run(tmp_path, files, weights
                     raise KeyboardInterrupt
 
         out = tmp_path / f"stop{stop_after}"
-        monkeypatch.setattr(driver, "run_epochs", interrupted)
+        monkeypatch.setattr(cli_stylize, "stylize_epochs", interrupted)
         code, io = cli(capsys, *common, "--out", out)
         assert code == 130 and not (out / "final.png").exists(), io.err
-        monkeypatch.setattr(driver, "run_epochs", real)
+        monkeypatch.setattr(cli_stylize, "stylize_epochs", real)
         code, io = cli(capsys, *common, "--out", out, "--resume")
         assert code == 0, io.err
         assert (out / "final.png").read_bytes() == want, stop_after
@@ -364,13 +374,13 @@ def test_cli_signal_between_epochs_still_leaves_a_checkpoint(tmp_path, files, we
             if self.n == 1:
                 signal.raise_signal(signal.SIGINT)
 
-    monkeypatch.setattr(tqdm, "tqdm", SignalOnFirstUpdate)
+    monkeypatch.setattr(cli_stylize, "tqdm", SignalOnFirstUpdate)
     out = tmp_path / "out"
     code, io = cli(capsys, files["content"], files["s1"], "--scales", "32,48", "--epochs", 2,
                    "--max-iter", 2, "--snapshot-every", 4, *SHALLOW_FLAGS,
                    "--weights", weights_path, "--out", out)
     assert code == 130 and "--resume" in io.err, io.err
-    record = serialization.msgpack_restore((out / driver.CHECKPOINT).read_bytes())
+    record = serialization.msgpack_restore((out / CHECKPOINT).read_bytes())
     assert record["epoch"] == len(json.loads((out / "losses.json").read_text())) == 1
     assert (out / "last.png").is_file() and not (out / "final.png").exists()
 
@@ -459,5 +469,5 @@ def test_convert_normalize_errors_write_nothing(tmp_path, vgg_params, capsys):
         code = convert.main(["--source", str(source), "--out", str(out), "--normalize",
                              str(folder)])
         io = capsys.readouterr()
-        assert code == 1 and message in io.err and io.err.count("\n") == 1
+        assert code == 2 and message in io.err and io.err.count("\n") == 1
         assert not out.exists()

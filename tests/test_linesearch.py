@@ -12,8 +12,8 @@ import pytest
 from jax.extend.core import jaxprs_in_params
 
 import stylejax
-from stylejax.solvers import (SolverConfig, SolverState, _jaxopt_iterations, _jaxopt_lbfgs,
-                              init_state, run_epoch)
+from stylejax.jaxopt_lbfgs import lbfgs
+from stylejax.solvers import SolverConfig, init_state, run_epoch
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -43,14 +43,11 @@ def _stock(fun, maxls, history):
 
 def _trace(solver, x0, iterations):
     """Per iteration: (x, value, stepsize, line-search trials so far, failed)."""
-    state = solver.init_state(x0)
-    one = SolverConfig("lbfgs", iterations=1, precondition=0)
-    step = jax.jit(lambda st: _jaxopt_iterations(solver, one, st))
-    st, out = SolverState(x0, state, state.value), []
+    x, inner = x0, solver.init_state(x0)
+    step, out = jax.jit(solver.update), []
     for _ in range(iterations):
-        st = step(st)
-        inner = st.inner
-        out.append((np.asarray(st.image), float(inner.value), float(inner.stepsize),
+        x, inner = step(x, inner)
+        out.append((np.asarray(x), float(inner.value), float(inner.stepsize),
                     int(inner.num_linesearch_iter), bool(inner.failed_linesearch)))
     return out
 
@@ -59,8 +56,7 @@ def _trace(solver, x0, iterations):
 def test_lbfgs_takes_stock_jaxopt_steps(case):
     fun, maxls, x0 = CASES[case]
     fun = jax.value_and_grad(fun)
-    scfg = SolverConfig("lbfgs", iterations=1, history=10, maxls=maxls, precondition=0)
-    ours = _trace(_jaxopt_lbfgs(scfg, fun), x0, 40)
+    ours = _trace(lbfgs(fun, iterations=1, history=10, lr=0.0, maxls=maxls), x0, 40)
     stock = _trace(_stock(fun, maxls, 10), x0, 40)
     for i, (a, b) in enumerate(zip(ours, stock)):
         np.testing.assert_allclose(a[0], b[0], rtol=1e-6, atol=1e-7, err_msg=f"iteration {i}")

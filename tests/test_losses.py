@@ -134,10 +134,11 @@ def test_bfloat16_activations_stay_within_one_percent(vgg, content_image, style_
     """--precision bf16 (for GPU/TPU): bf16 convolutions, f32 Grams and loss."""
     image = jnp.asarray(content_image[None] * 0.8 + 0.1)
     values = {}
+    cfg = LossConfig()
     for dtype in ("float32", "bfloat16"):
-        cfg = LossConfig(dtype=dtype)
-        targets = stylejax.make_targets(vgg, content_image, style_image, cfg)
-        values[dtype] = float(stylejax.loss_fn(vgg, image, targets, cfg))
+        ex = stylejax.Execution(dtype=dtype)
+        targets = stylejax.make_targets(vgg, content_image, style_image, cfg, execution=ex)
+        values[dtype] = float(stylejax.loss_fn(vgg, image, targets, cfg, ex))
     assert values["bfloat16"] != values["float32"]  # it really ran in another precision
     np.testing.assert_allclose(values["bfloat16"], values["float32"], rtol=1e-2)
 
@@ -145,7 +146,8 @@ def test_bfloat16_activations_stay_within_one_percent(vgg, content_image, style_
 def test_hand_written_vjps_equal_autodiff_of_the_plain_compositions():
     """conv3x3_relu and the Gram's VJP against JAX's own differentiation of the unfused ops,
     for every argument (the kernel and bias gradients too, for code that trains the net)."""
-    from stylejax import losses, vgg as vggmod
+    from stylejax import losses
+    from stylejax.cpu import kernels
 
     keys = jax.random.split(jax.random.key(3), 4)
     x = jax.random.normal(keys[0], (2, 9, 7, 5))
@@ -158,7 +160,8 @@ def test_hand_written_vjps_equal_autodiff_of_the_plain_compositions():
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return jnp.sum(jax.nn.relu(y + b) * probe)
 
-    fused = lambda x, k, b: jnp.sum(vggmod.conv3x3_relu(x, k, b) * probe)  # noqa: E731
+    fused = lambda x, k, b: jnp.sum(kernels.layer(x, k, b, relu=True, fast=False,  # noqa
+                                                  prepared={}) * probe)
     np.testing.assert_allclose(fused(x, kernel, bias), plain(x, kernel, bias), rtol=1e-6)
     for ours, ref in zip(jax.grad(fused, (0, 1, 2))(x, kernel, bias),
                          jax.grad(plain, (0, 1, 2))(x, kernel, bias)):

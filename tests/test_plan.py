@@ -24,8 +24,13 @@ def test_components_follow_the_shapes():
     assert b["activations"] / a["activations"] == pytest.approx(4, rel=0.02)
     assert b["params"] == a["params"] and b["runtime"] == a["runtime"]
     image = 256 * 256 * 3 * 4
-    smoothing = plan.PRECONDITION_IMAGES * image + 2 * 8 * 2 * 256 ** 2  # default: on
-    assert b["solver"] == (2 * 100 + plan.LINE_SEARCH_IMAGES) * image + smoothing
+    assert b["solver"] == (2 * 100 + plan.LINE_SEARCH_IMAGES) * image  # pixels: the default
+    smooth = plan.predict(CFG, SolverConfig("lbfgs", precondition="auto"), 256, 256,
+                          platform="gpu")
+    assert smooth["solver"] - b["solver"] == plan.PRECONDITION_IMAGES * image
+    matmul = plan.predict(CFG, SolverConfig("lbfgs", precondition="auto", dft="matmul"), 256,
+                          256, platform="gpu")
+    assert matmul["solver"] - smooth["solver"] == 2 * 8 * 2 * 256 ** 2  # the DFT matrices
     short = plan.predict(CFG, SolverConfig("lbfgs", history=5), 256, 256, platform="gpu")
     assert b["solver"] - short["solver"] == 2 * 95 * image
     cpu = plan.predict(CFG, SolverConfig("lbfgs", history=100), 256, 256, platform="cpu")
@@ -33,8 +38,8 @@ def test_components_follow_the_shapes():
     assert "winograd" not in b and cpu["winograd"] > 0  # conv "auto": Winograd on CPU only
     adam = plan.predict(CFG, SolverConfig("adam"), 256, 256, platform="gpu")
     assert adam["solver"] == plan.ADAM_IMAGES * image
-    bf16 = plan.predict(stylejax.preset_config("johnson", dtype="bfloat16"),
-                        SolverConfig("lbfgs"), 256, 256, platform="gpu")
+    bf16 = plan.predict(CFG, SolverConfig("lbfgs"), 256, 256, platform="gpu",
+                        execution=stylejax.Execution(dtype="bfloat16"))
     grads = 2 * 256 * 256 * 64 * 4  # the float32 gradient buffers do not shrink
     assert bf16["activations"] - grads == (b["activations"] - grads) / 2
 
@@ -66,7 +71,8 @@ import json, sys
 import jax, numpy as np
 import stylejax
 from stylejax import plan
-from stylejax.driver import run_epochs
+from stylejax.cpu.hostmem import keep_step_heap
+from stylejax.run import compiled_epoch
 from stylejax.solvers import SolverConfig, init_state
 
 def rss(field="VmRSS"):
@@ -77,18 +83,20 @@ def rss(field="VmRSS"):
             return int(line.split()[1]) * 1024
 
 size, weights, conv = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+keep_step_heap()  # as the command line runs
 vgg = stylejax.load_vgg19(weights)
 jax.block_until_ready(vgg.params)
 base = rss()  # after imports and loading the weights (the params are already in here)
-cfg, scfg = stylejax.preset_config("johnson", conv=conv), SolverConfig("lbfgs", iterations=2, history=100)
+cfg, scfg = stylejax.preset_config("johnson"), SolverConfig("lbfgs", iterations=2, history=100)
+ex = stylejax.Execution(conv)
 rng = np.random.default_rng(0)
 content, style = rng.uniform(0, 1, (2, size, size, 3)).astype(np.float32)
 targets = stylejax.make_targets(vgg, content, style, cfg)
-# As the driver runs it (compiled ahead, the compiler's freed heap released).
-for _ in run_epochs(vgg, targets, cfg, scfg, init_state(scfg, vgg, content[None], targets, cfg), 1):
-    pass
+# As the loop runs it (compiled ahead, the compiler's freed heap released).
+state = init_state(scfg, vgg, content[None], targets, cfg, ex)
+jax.block_until_ready(compiled_epoch(vgg, targets, cfg, scfg, state, ex)(state))
 peak = rss("VmHWM")
-table = plan.predict(cfg, scfg, size, size)
+table = plan.predict(cfg, scfg, size, size, execution=ex)
 print(json.dumps({"measured": peak - base, "predicted": table["total"] - table["params"]}))
 """
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import stylejax
+from conftest import xla_compiles
+from stylejax import run
 from stylejax.solvers import SolverConfig, fresh_state, init_state, run_epoch
 
 CFG = stylejax.preset_config("johnson")
@@ -27,11 +28,11 @@ def _run(vgg, targets, content, scfg, epochs):
     return np.asarray(state.image), values
 
 
-@pytest.mark.parametrize("kind,lr,smooth", [("lbfgs", 0.0, None), ("lbfgs", 1e-4, None),
-                                            ("optax-lbfgs", 0.0, 12.0), ("adam", 0.02, None)])
+@pytest.mark.parametrize("kind,lr,smooth", [("lbfgs", 0.0, "auto"), ("lbfgs", 1e-4, 0),
+                                            ("optax-lbfgs", 0.0, 12.0), ("adam", 0.02, 0)])
 def test_state_is_carried_across_epochs(kind, lr, smooth, vgg, targets, content_image):
     """Two epochs of 3 iterations equal one epoch of 6: nothing restarts between epochs
-    (lbfgs: preconditioned by default; optax-lbfgs: asked to be)."""
+    (the preconditioned variables included, for lbfgs and optax-lbfgs)."""
     scfg = lambda n: SolverConfig(kind, n, lr, 10, precondition=smooth)  # noqa: E731
     image_a, values_a = _run(vgg, targets, content_image, scfg(3), 2)
     image_b, values_b = _run(vgg, targets, content_image, scfg(6), 1)
@@ -44,15 +45,16 @@ def test_state_is_carried_across_epochs(kind, lr, smooth, vgg, targets, content_
 def test_fresh_state_runs_as_init_state(lr, vgg, content_image, style_image):
     """An L-BFGS `fresh_state` (not evaluated: no evaluation to compile) takes the same
     iterations as `init_state`: its first epoch evaluates it, then runs its own iterations."""
-    cfg = stylejax.preset_config("johnson", conv="direct")  # init_state's own convolution
+    cfg = stylejax.preset_config("johnson")
+    direct = stylejax.Execution("direct")  # init_state's own convolution
     targets = stylejax.make_targets(vgg, content_image, style_image, cfg)
     scfg = SolverConfig("lbfgs", 3, lr, 10)
     x0 = jnp.asarray(content_image[None])
     ref, fresh = init_state(scfg, vgg, x0, targets, cfg), fresh_state(scfg, x0)
     assert float(fresh.value) == np.inf
     for _ in range(2):
-        ref = run_epoch(ref, vgg, targets, cfg=cfg, scfg=scfg)
-        fresh = run_epoch(fresh, vgg, targets, cfg=cfg, scfg=scfg)
+        ref = run_epoch(ref, vgg, targets, cfg=cfg, scfg=scfg, execution=direct)
+        fresh = run_epoch(fresh, vgg, targets, cfg=cfg, scfg=scfg, execution=direct)
     np.testing.assert_allclose(np.asarray(fresh.image), np.asarray(ref.image), rtol=1e-4,
                                atol=1e-5)
     np.testing.assert_allclose(float(fresh.value), float(ref.value), rtol=1e-5)
@@ -67,16 +69,15 @@ def test_lbfgs_loss_falls_every_epoch(vgg, targets, content_image):
     assert all(b < a for a, b in zip(values, values[1:])), values
 
 
-def test_no_recompilation_after_first_epoch(vgg, targets, content_image):
-    scfg = SolverConfig("lbfgs", 2, history=10)
-    state = init_state(scfg, vgg, jnp.asarray(content_image[None]), targets, CFG)
-    state = run_epoch(state, vgg, targets, cfg=CFG, scfg=scfg)
-    compiled = run_epoch._cache_size()
-    with jax.log_compiles(True):
-        for _ in range(3):
-            state = run_epoch(state, vgg, targets, cfg=CFG, scfg=scfg)
-    jax.block_until_ready(state)
-    assert run_epoch._cache_size() == compiled
+def test_no_recompilation_after_first_epoch(vgg, content_image, style_image):
+    """`stylize()` compiles its epoch once ahead of time (counted by XLA's own compile
+    events, which see ahead-of-time compiles that jit's cache size does not), then runs
+    every epoch with that program."""
+    compiles = xla_compiles("run_epoch")
+    result = stylejax.stylize(vgg, content_image, style_image, CFG, epochs=4, max_iter=1,
+                              history=10)
+    assert len(result.losses) == 4
+    assert xla_compiles("run_epoch") - compiles == 1
 
 
 def test_bad_solver_settings():
@@ -85,12 +86,10 @@ def test_bad_solver_settings():
             SolverConfig(**bad)
 
 
-def test_driver_epochs_get_winograd_kernels_made_once(vgg, monkeypatch):
-    """`driver.compiled_epoch` compiles and calls `run_epoch` with the kernels already in
+def test_loop_epochs_get_winograd_kernels_made_once(vgg, monkeypatch):
+    """`run.compiled_epoch` compiles and calls `run_epoch` with the kernels already in
     Winograd's domain, so no epoch call transforms them again."""
     from types import SimpleNamespace
-
-    from stylejax import driver
 
     calls = []
 
@@ -98,16 +97,15 @@ def test_driver_epochs_get_winograd_kernels_made_once(vgg, monkeypatch):
         calls.append((jitted, bundle))
         return lambda st, b, t: b
 
-    monkeypatch.setattr(driver, "compile_released", fake_compile)
-    cfg = stylejax.preset_config("johnson", conv="winograd")
+    monkeypatch.setattr(run, "compile_released", fake_compile)
     state = SimpleNamespace(image=jnp.zeros((1, 64, 64, 3), jnp.float32))
-    epoch = driver.compiled_epoch(vgg, {}, cfg, SolverConfig("lbfgs"), state)
+    epoch = run.compiled_epoch(vgg, {}, CFG, SolverConfig("lbfgs"), state,
+                               stylejax.Execution("winograd"))
     (jitted, bundle), = calls
     assert jitted is run_epoch and epoch(state) is bundle
     made = {name for name, p in bundle.params.items() if "winograd" in p}
     assert made == {"conv2_1", "conv2_2"}  # 64 px: block 3 has 16x16 = 256 < 512 pixels
-    direct = stylejax.preset_config("johnson", conv="direct")
-    driver.compiled_epoch(vgg, {}, direct, SolverConfig("lbfgs"), state)
+    run.compiled_epoch(vgg, {}, CFG, SolverConfig("lbfgs"), state, stylejax.Execution("direct"))
     bundle = calls[-1][1]  # no Winograd form, every kernel flipped for the input gradient
     assert not any("winograd" in p for p in bundle.params.values())
     assert all("flipped" in bundle.params[n] for n in vgg.params if n <= "conv5_1")
