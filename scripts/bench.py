@@ -10,16 +10,18 @@ FLOP/s our step achieves against a large XLA f32 matmul on the same device; comp
 the first epoch and steady time per L-BFGS iteration; time for each of our optimizers to reach
 the loss torch.optim.LBFGS reaches in 200 iterations, each run compiling its own programs
 (and the default's start-up once more with them in the compilation cache, as the CLI's second
-run finds them); and peak memory (RSS on CPU, device statistics on GPU) of each side, each
+run finds them), the library's defaults (pixel space) and L-BFGS with `--precondition auto`
+beside them; and peak memory (RSS on CPU, device statistics on GPU) of each side, each
 measured in a fresh subprocess. Weights are random (He-initialised): timings do not depend on
 their values. torch is a benchmark-only dependency. Images: tubingen.jpg and starry_night.jpg
 from $STYLEJAX_BENCH_IMAGES or ../shared/images, else synthetic.
 
-By default only the convolution `--conv auto` picks here is timed, so that the whole run fits
-in 10 minutes on a 2-core CPU (about 8 there; the time-to-loss race runs at 192 px for the
-same reason). `--convs winograd,direct --coarse-iters 100` adds the direct convolution to
-every section and a coarse-to-fine start (about 7 minutes more); `--converge-size 256` adds
-about 5.
+By default only the convolution `--conv auto` picks here is timed (the default `Execution()`),
+so that the whole run fits in 10 minutes on a 2-core CPU (about 8 there, up to a minute more
+with the preconditioned row; the time-to-loss race runs at 192 px for the same reason).
+`--convs winograd,direct --coarse-iters 100` adds the direct convolution to every section and
+a coarse-to-fine start (about 7 minutes more); `--converge-size 256` adds about 5;
+`--precondition 0` leaves out the preconditioned row.
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import _bootstrap  # noqa: F401
+import _bootstrap  # puts this checkout first on sys.path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(_bootstrap.root)
 sys.path.insert(0, str(ROOT / "tests"))
 
 import jax  # noqa: E402
@@ -45,19 +47,40 @@ import numpy as np  # noqa: E402
 
 import stylejax  # noqa: E402
 from stylejax import images as imageio  # noqa: E402
-from stylejax.driver import (compiled_epoch, enable_compilation_cache,  # noqa: E402
-                             initial_state)
+from stylejax.cli.stylize import tune_process  # noqa: E402
+from stylejax.cpu import prepare_kernels  # noqa: E402
 from stylejax.cpu.hostmem import compile_released, keep_step_heap  # noqa: E402
-from stylejax.solvers import SolverConfig  # noqa: E402
-from stylejax.vgg import LAYERS, prepare_kernels, resolve_conv  # noqa: E402
+from stylejax.errors import StylejaxError  # noqa: E402
+from stylejax.execution import Execution, resolve_conv  # noqa: E402
+from stylejax.layers import LAYERS  # noqa: E402
+from stylejax.run import compiled_epoch, state_maker  # noqa: E402
+from stylejax.solvers import SolverConfig, parse_precondition  # noqa: E402
 from stylejax.weights import CAFFE, CONV_SPECS, Vgg19  # noqa: E402
 
 SHARED = Path(os.environ.get("STYLEJAX_BENCH_IMAGES", ROOT.parent / "shared" / "images"))
 
 
-def bench_config(dtype="float32", conv="direct"):
+def bench_config():
     """johnson preset: style relu1_1..relu5_1, content relu4_2, TV on."""
-    return stylejax.preset_config("johnson", dtype=dtype, conv=conv)
+    return stylejax.preset_config("johnson")
+
+
+def bench_execution(conv="auto", dtype="float32"):
+    """The `Execution` running convolution ``conv`` ("auto", "direct" or "winograd") in
+    ``dtype``. In float32, where ``conv`` is what "auto" resolves to here, the default
+    ``Execution()`` itself, so the default's rows run exactly what the library compiles by
+    default. Other precisions keep the algorithm named: `hostmem.compile_released` picks its
+    compiler options from ``conv`` alone, and "auto" would get float32's (Winograd's) for a
+    bfloat16 program, which runs direct."""
+    if dtype == "float32" and conv == resolve_conv("auto"):
+        conv = "auto"
+    return Execution(conv=conv, dtype=dtype)
+
+
+def initial_state(scfg, vgg, x0, targets, cfg, execution):
+    """The solver's first state at ``x0`` [1, H, W, 3], made as the CLI's epoch loop makes it
+    (`run.state_maker`: for L-BFGS a fresh state, no evaluation to compile)."""
+    return state_maker(scfg, vgg, x0, targets, cfg, execution)(vgg, x0, targets)
 
 
 def make_vgg(seed=0):
@@ -129,19 +152,20 @@ def torch_setup(np_params, content, style, cfg, dtype_name="float32"):
     return torch, loss, x0, sync
 
 
-def value_and_grad_race(vgg, np_params, size, repeats, dtype="float32", conv="direct"):
+def value_and_grad_race(vgg, np_params, size, repeats, dtype="float32", conv="auto"):
     """Best-of-N value+grad time of both implementations, interleaved. ``dtype`` is our VGG
-    activation precision, ``conv`` our convolution algorithm; the PyTorch side stays float32
-    (its default convolutions)."""
-    cfg = bench_config(dtype, conv)
+    activation precision, ``conv`` our convolution algorithm (`bench_execution`); the
+    PyTorch side stays float32 (its default convolutions)."""
+    cfg, execution = bench_config(), bench_execution(conv, dtype)
     content, style = bench_images(size)
-    targets = stylejax.make_targets(vgg, content, style, cfg)
+    targets = stylejax.make_targets(vgg, content, style, cfg, execution=execution)
     # The loss as the solver evaluates it: the kernels prepared once per run (Winograd's
     # domain, the direct layers' flip), compiled with the epochs' options.
     x = jnp.asarray(content[None])
-    vgg = prepare_kernels(vgg, cfg.layers, conv, dtype, x.shape)
+    vgg = prepare_kernels(vgg, cfg.layers, execution, x.shape)
     vg = compile_released(jax.jit(jax.value_and_grad(stylejax.loss_fn, argnums=1),
-                                  static_argnames="cfg"), vgg, x, targets, cfg=cfg)
+                                  static_argnames=("cfg", "execution")),
+                          vgg, x, targets, cfg=cfg, execution=execution)
     jax.block_until_ready(vg(vgg, x, targets))
     torch, tloss, x0, sync = torch_setup(np_params, content, style, cfg)
     xt = x0.clone().requires_grad_(True)
@@ -157,22 +181,23 @@ def value_and_grad_race(vgg, np_params, size, repeats, dtype="float32", conv="di
         ours = min(ours, best_time(lambda: jax.block_until_ready(vg(vgg, x, targets)), 1))
         theirs = min(theirs, best_time(torch_step, 1))
     flops = conv_flops(size, size, cfg.layers)
-    return {"size": size, "precision": dtype, "conv": conv, "stylejax_s": ours,
-            "torch_s": theirs, "ratio": ours / theirs,
+    return {"size": size, "precision": dtype, "conv": execution.resolved_conv(),
+            "stylejax_s": ours, "torch_s": theirs, "ratio": ours / theirs,
             "conv_gflop": flops / 1e9, "stylejax_gflops": flops / ours / 1e9,
             "torch_gflops": flops / theirs / 1e9}
 
 
-def epoch_timing(vgg, size, iterations, conv="direct"):
+def epoch_timing(vgg, size, iterations, conv="auto"):
     """Seconds from the targets to a compiled first epoch (the first state, kernel forms,
-    tracing, compiling: as the CLI starts), then steady seconds per L-BFGS iteration."""
-    cfg = bench_config(conv=conv)
+    tracing, compiling: as the CLI starts), then steady seconds per L-BFGS iteration (the
+    library's default L-BFGS)."""
+    cfg, execution = bench_config(), bench_execution(conv)
     content, style = bench_images(size)
-    targets = stylejax.make_targets(vgg, content, style, cfg)
+    targets = stylejax.make_targets(vgg, content, style, cfg, execution=execution)
     scfg = SolverConfig("lbfgs", iterations=iterations)
     start = time.perf_counter()
-    state = initial_state(scfg, vgg, jnp.asarray(content[None]), targets, cfg)  # as the CLI
-    epoch = compiled_epoch(vgg, targets, cfg, scfg, state)
+    state = initial_state(scfg, vgg, jnp.asarray(content[None]), targets, cfg, execution)
+    epoch = compiled_epoch(vgg, targets, cfg, scfg, state, execution)
     compile_s = time.perf_counter() - start
     state = epoch(state)
     float(state.value)
@@ -180,7 +205,8 @@ def epoch_timing(vgg, size, iterations, conv="direct"):
     state = epoch(state)
     float(state.value)
     per_iter = (time.perf_counter() - start) / iterations
-    return {"size": size, "conv": conv, "compile_s": compile_s, "per_iteration_s": per_iter,
+    return {"size": size, "conv": execution.resolved_conv(), "compile_s": compile_s,
+            "per_iteration_s": per_iter,
             "compile_share_of_1000_iterations": compile_s / (compile_s + 1000 * per_iter)}
 
 
@@ -210,52 +236,65 @@ def torch_lbfgs(np_params, content, style, iterations):
 
 
 def time_to_loss(vgg, content, style, target, kind, budget_s, iterations=10, coarse=0,
-                 conv="direct"):
-    """Runs our ``kind`` optimizer in epochs of ``iterations`` until the loss <= target.
+                 conv="auto", precondition=0.0):
+    """Runs our ``kind`` optimizer in epochs of ``iterations`` until the loss <= target, or
+    until ``budget_s`` seconds of solving (start-up left out) have passed after an epoch.
 
     ``coarse`` > 0 first runs that many iterations at half the size and starts the full size
     from the result, upsampled (the CLI's ``--scales``, coarse to fine). ``seconds`` counts
     everything from the first call (targets, compilation, both sizes); ``solve_s`` leaves out
     the one-off compilations (``compile_s``; ``start_up_pieces_s`` splits it as
-    `_compiled_epoch` does, both sizes summed). ``conv``: our convolution algorithm.
+    `_compiled_epoch` does, both sizes summed). ``trace``: [iterations done, loss] after each
+    full-size epoch. ``conv``: our convolution algorithm (`bench_execution`);
+    ``precondition``: `SolverConfig.precondition` (0, the library's default: pixel space).
     """
-    cfg, scfg = bench_config(conv=conv), _solver_config(kind, iterations)
+    cfg, execution = bench_config(), bench_execution(conv)
+    scfg = _solver_config(kind, iterations, precondition)
     start, compile_s, x0 = time.perf_counter(), 0.0, content
     if coarse:
         h, w = content.shape[0] // 2, content.shape[1] // 2
         small = [imageio.resize(a, h, w) for a in (content, style)]
-        state, epoch, seconds, coarse_pieces = _compiled_epoch(vgg, *small, small[0], cfg, scfg)
+        state, epoch, seconds, coarse_pieces = _compiled_epoch(vgg, *small, small[0], cfg, scfg,
+                                                               execution)
         compile_s += seconds
         for _ in range(coarse // iterations):
             state = epoch(state)
         x0 = imageio.resize(np.asarray(state.image)[0], *content.shape[:2])
-    state, epoch, seconds, pieces = _compiled_epoch(vgg, content, style, x0, cfg, scfg)
+    state, epoch, seconds, pieces = _compiled_epoch(vgg, content, style, x0, cfg, scfg,
+                                                    execution)
     compile_s += seconds
     if coarse:
         pieces = {k: v + coarse_pieces[k] for k, v in pieces.items()}  # both sizes
     loss, done = float(state.value), 0  # +inf from an L-BFGS fresh state: not evaluated yet
+    trace = []
     while loss > target and (not np.isfinite(loss)
                              or time.perf_counter() - start - compile_s < budget_s):
         state = epoch(state)
         loss, done = float(state.value), done + iterations
+        trace.append([done, loss])
     total = time.perf_counter() - start
-    name = f"{kind}, {coarse} at half size first" if coarse else kind
-    name += f", {conv}"
-    return {"optimizer": name, "conv": conv, "seconds": total, "solve_s": total - compile_s,
+    name = kind if not scfg.precondition else f"{kind}, precondition {scfg.precondition}"
+    if coarse:
+        name += f", {coarse} at half size first"
+    name += f", {execution.resolved_conv()}"
+    return {"optimizer": name, "conv": execution.resolved_conv(),
+            "precondition": scfg.precondition, "seconds": total, "solve_s": total - compile_s,
             "compile_s": compile_s, "start_up_pieces_s": pieces, "reached": loss <= target,
-            "loss": loss, "iterations": done, "coarse_iterations": coarse}
+            "loss": loss, "iterations": done, "coarse_iterations": coarse, "trace": trace}
 
 
-def _solver_config(kind, iterations):
-    return SolverConfig(kind, iterations=iterations, lr=0.02 if kind == "adam" else 0.0)
+def _solver_config(kind, iterations, precondition=0.0):
+    """The library's defaults but for the epoch length, Adam's rate and ``precondition``."""
+    return SolverConfig(kind, iterations=iterations, lr=0.02 if kind == "adam" else 0.0,
+                        precondition=precondition)
 
 
-def start_up_s(vgg, content, style, kind, iterations=10, conv="direct"):
+def start_up_s(vgg, content, style, kind, iterations=10, conv="auto", precondition=0.0):
     """Seconds from the first call to a compiled first epoch (targets, first state, tracing,
     compiling or loading from the compilation cache): `time_to_loss`'s ``compile_s``; and
     those seconds by piece (its ``start_up_pieces_s``)."""
-    cfg, scfg = bench_config(conv=conv), _solver_config(kind, iterations)
-    return _compiled_epoch(vgg, content, style, content, cfg, scfg)[2:]
+    cfg, scfg = bench_config(), _solver_config(kind, iterations, precondition)
+    return _compiled_epoch(vgg, content, style, content, cfg, scfg, bench_execution(conv))[2:]
 
 
 # JAX's own timings of the solver epoch's start (`jax.monitoring`), by piece.
@@ -268,7 +307,7 @@ _EPOCH_EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "tracing",
 class StartUpPieces:
     """Collects, while active, JAX's durations in seconds: tracing and lowering the solver
     epoch (`solvers.run_epoch`), and every XLA compile (or load from the compilation cache):
-    the epoch's and the kernel forms' (`vgg.prepare_kernels`), whose tracing and lowering are
+    the epoch's and the kernel forms' (`cpu.prepare_kernels`), whose tracing and lowering are
     left to the caller's rest."""
 
     def __init__(self):
@@ -287,7 +326,7 @@ class StartUpPieces:
         jax.monitoring.unregister_event_duration_listener(self._record)
 
 
-def _compiled_epoch(vgg, content, style, x0, cfg, scfg):
+def _compiled_epoch(vgg, content, style, x0, cfg, scfg, execution):
     """(initial state, compiled epoch: state -> state, seconds for targets and compiling,
     those seconds by piece: the targets, the first state, the epoch's tracing and lowering,
     XLA's compiling (or loading from the compilation cache) of the epoch and of the kernels'
@@ -295,21 +334,21 @@ def _compiled_epoch(vgg, content, style, x0, cfg, scfg):
     compile's Python side). It waits for the targets and the first state, so each piece is
     timed alone; the CLI doesn't, so its start-up may overlap them by a few milliseconds."""
     start = time.perf_counter()
-    targets = stylejax.make_targets(vgg, content, style, cfg)
+    targets = stylejax.make_targets(vgg, content, style, cfg, execution=execution)
     jax.block_until_ready(targets)
     made = time.perf_counter()
-    state = initial_state(scfg, vgg, jnp.asarray(x0[None]), targets, cfg)  # as the CLI
+    state = initial_state(scfg, vgg, jnp.asarray(x0[None]), targets, cfg, execution)
     jax.block_until_ready(state)
     first = time.perf_counter()
     with StartUpPieces() as epoch_pieces:
-        epoch = compiled_epoch(vgg, targets, cfg, scfg, state)
+        epoch = compiled_epoch(vgg, targets, cfg, scfg, state, execution)
     end = time.perf_counter()
     pieces = {"targets": made - start, "first state": first - made, **epoch_pieces.seconds}
     pieces["rest"] = end - start - sum(pieces.values())
     return state, epoch, end - start, pieces
 
 
-def peak_memory(side, size, conv="direct"):
+def peak_memory(side, size, conv="auto"):
     """Peak memory of a value+grad at ``size`` in a fresh process ("jax" or "torch")."""
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_memory.py"), side,
                           str(size), conv], capture_output=True, text=True, check=True)
@@ -343,6 +382,9 @@ def main():
     p.add_argument("--optimizers", default="lbfgs,adam",
                    help="comma-separated: lbfgs,optax-lbfgs,adam (optax-lbfgs adds ~100 s); the "
                         "default L-BFGS always runs, last")
+    p.add_argument("--precondition", default="auto",
+                   help="also time L-BFGS with this preconditioning (auto, or a wavelength in "
+                        "px; the library's default is off); 0 leaves that row out")
     p.add_argument("--coarse-iters", type=int, default=0,
                    help="also time the default optimizer after this many iterations at half "
                         "the size (coarse to fine, as --scales does); 0 leaves it out")
@@ -356,6 +398,10 @@ def main():
     sizes = [int(s) for s in args.sizes.split(",")]
     convs = list(dict.fromkeys(resolve_conv(c) for c in args.convs.split(",")))
     default_conv = resolve_conv("auto")
+    try:
+        precondition = parse_precondition(args.precondition)
+    except StylejaxError as e:
+        p.error(str(e))
     star = {c: c + ("*" if c == default_conv else "") for c in convs}
     import torch
 
@@ -368,15 +414,16 @@ def main():
     print(f"device: {report['device']} ({report['backend']}), jax {jax.__version__}, "
           f"torch {torch.__version__} with {torch.get_num_threads()} threads", flush=True)
     vgg, np_params = make_vgg()
-    # glibc's heap thresholds as stylejax's first compile sets them, for the whole process
-    # from the start, so no section depends on the order (torch's steps barely page-fault
-    # either way: 5,000-9,000 faults per ten 192 px value+grads, 0.01 s of kernel time).
-    report["step_heap_kept"] = keep_step_heap()
-    # The CLI's persistent compilation cache, in a folder of the bench's own that starts
-    # empty: every run below compiles cold except the start-up marked "programs cached".
-    # Nothing is written to it (so nothing is found) until the default's time-to-loss run.
+    # The CLI's process-wide settings (`tune_process`), for the whole process from the start,
+    # so no section depends on the order: glibc's heap thresholds (torch's steps barely
+    # page-fault either way: 5,000-9,000 faults per ten 192 px value+grads, 0.01 s of kernel
+    # time) and the persistent compilation cache, here in a folder of the bench's own that
+    # starts empty: every run below compiles cold except the start-up marked "programs
+    # cached". Nothing is written to it (so nothing is found) until the default's
+    # time-to-loss run.
     cache = tempfile.TemporaryDirectory(prefix="stylejax-bench-xla-")
-    enable_compilation_cache(Path(cache.name))
+    tune_process(Path(cache.name))
+    report["step_heap_kept"] = keep_step_heap()  # tune_process's (the call is made once)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float("inf"))
 
     if "race" not in skip:
@@ -420,24 +467,26 @@ def main():
         print(f"\ntime to torch L-BFGS's {args.converge_iters}-iteration loss at "
               f"{args.converge_size} px: torch {ref['seconds']:.1f} s to {ref['loss']:.6g} "
               f"({ref['evaluations']} evaluations)", flush=True)
-        # Every optimizer with the first convolution (the default one if raced); L-BFGS with
-        # each other one too. Every run starts with empty in-memory caches and compiles its
+        # Every optimizer with the first convolution (the default one if raced), the library's
+        # defaults otherwise (pixel space); L-BFGS with each other convolution, and with
+        # --precondition, too. Every run starts with empty in-memory caches and compiles its
         # own programs (the coarse start's full-size epoch is the default run's program).
         first = default_conv if default_conv in convs else convs[0]
-        runs = [(kind, 0, first) for kind in args.optimizers.split(",") if kind != "lbfgs"]
-        runs += [("lbfgs", 0, c) for c in convs if c != first]
-        runs += [("lbfgs", args.coarse_iters, first)] if args.coarse_iters else []
+        runs = [(kind, 0, first, 0) for kind in args.optimizers.split(",") if kind != "lbfgs"]
+        runs += [("lbfgs", 0, c, 0) for c in convs if c != first]
+        runs += [("lbfgs", 0, first, precondition)] if precondition else []
+        runs += [("lbfgs", args.coarse_iters, first, 0)] if args.coarse_iters else []
         # The default last, cold, with the CLI's compilation cache filling; then its start-up
         # once more, with in-memory caches emptied, finding its programs there as the CLI's
         # second run at one size does. That run's solve is the same program taking the same
         # iterations, so its time is this start-up plus the cold run's solve.
-        runs.append(("lbfgs", 0, first))
-        for i, (kind, coarse, conv) in enumerate(runs):
+        runs.append(("lbfgs", 0, first, 0))
+        for i, (kind, coarse, conv, wavelength) in enumerate(runs):
             if i == len(runs) - 1:
-                enable_compilation_cache(Path(cache.name))  # as the CLI sets it
+                tune_process(Path(cache.name))  # as the CLI sets it
             jax.clear_caches()  # each run compiles its own programs
             r = time_to_loss(vgg, content, style, ref["loss"], kind, 2 * ref["seconds"],
-                             coarse=coarse, conv=conv)
+                             coarse=coarse, conv=conv, precondition=wavelength)
             r["compilation_cache"] = "cold"
             report["converge"]["ours"].append(r)
             _print_converge(r, ref)

@@ -1,16 +1,17 @@
 #!/usr/bin/env python
 """Peak memory of one value+grad of the johnson loss, in this fresh process.
 
-    python scripts/bench_memory.py jax|torch SIZE [direct|winograd]   ->  one JSON line
+    python scripts/bench_memory.py jax|torch SIZE [auto|direct|winograd]   ->  one JSON line
 
-Each side imports only its own framework, so neither pays for the other's libraries.
-Used by scripts/bench.py; the images are synthetic (memory does not depend on them).
+Each side imports only its own framework, so neither pays for the other's libraries (the
+torch side checks that JAX was never imported). Used by scripts/bench.py; the images are synthetic (memory does not depend on them).
 """
 
 import importlib.util
 import json
 import resource
 import sys
+import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,10 +19,22 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import numpy as np  # noqa: E402
 
-from fixtures import random_vgg_params  # noqa: E402
+
+def _conv_specs():
+    specs, cin = [], 3
+    for block, (width, n) in enumerate(zip((64, 128, 256, 512, 512), (2, 2, 4, 4, 4)), 1):
+        for i in range(1, n + 1):
+            specs.append((f"conv{block}_{i}", cin, width))
+            cin = width
+    return tuple(specs)
 
 
-def main(side, size, conv="direct"):
+# VGG-19's convolutions (name, in channels, out channels), as `stylejax.weights.CONV_SPECS`
+# (the JAX side checks that they agree), spelled out since importing stylejax pulls in JAX.
+CONV_SPECS = _conv_specs()
+
+
+def main(side, size, conv="auto"):
     rng = np.random.default_rng(0)
     content, style = (rng.random((1, size, size, 3), dtype=np.float32) for _ in range(2))
     params = random_vgg_params(0)
@@ -30,22 +43,28 @@ def main(side, size, conv="direct"):
         import jax.numpy as jnp
 
         import stylejax
-        from stylejax.cpu.hostmem import compile_released
-        from stylejax.vgg import prepare_kernels
-        from stylejax.weights import CAFFE, Vgg19
+        from stylejax.cpu import prepare_kernels
+        from stylejax.cpu.hostmem import compile_released, keep_step_heap
+        from stylejax.execution import Execution
+        from stylejax.weights import CAFFE, CONV_SPECS as SPECS, Vgg19
+
+        assert CONV_SPECS == SPECS, "bench_memory.CONV_SPECS is out of date"
+        # glibc's heap thresholds as the CLI's process sets them (the library leaves them).
+        keep_step_heap()
 
         # Device copies, as load_vgg19 makes them; the numpy originals are then dropped (torch
         # shares them through from_numpy instead).
         vgg = Vgg19(params=jax.tree.map(jnp.asarray, params), preprocess=CAFFE)
         del params
-        cfg = stylejax.preset_config("johnson", conv=conv)
-        targets = stylejax.make_targets(vgg, content, style, cfg)
-        vg = jax.jit(jax.value_and_grad(stylejax.loss_fn, argnums=1), static_argnames="cfg")
+        cfg, execution = stylejax.preset_config("johnson"), Execution(conv=conv)
+        targets = stylejax.make_targets(vgg, content, style, cfg, execution=execution)
+        vg = jax.jit(jax.value_and_grad(stylejax.loss_fn, argnums=1),
+                     static_argnames=("cfg", "execution"))
         x = jnp.asarray(content)
         # Kernels prepared once (Winograd domain, direct flip), as every solver epoch has them.
-        vgg = prepare_kernels(vgg, cfg.layers, cfg.conv, cfg.dtype, x.shape)
-        # Compiled ahead and the compiler's freed heap released, as the driver's epochs are.
-        vg = compile_released(vg, vgg, x, targets, cfg=cfg)
+        vgg = prepare_kernels(vgg, cfg.layers, execution, x.shape)
+        # Compiled ahead and the compiler's freed heap released, as the epochs are.
+        vg = compile_released(vg, vgg, x, targets, cfg=cfg, execution=execution)
         for _ in range(2):
             jax.block_until_ready(vg(vgg, x, targets))
         device = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
@@ -68,6 +87,7 @@ def main(side, size, conv="direct"):
                          cfg)
         x = nhwc_to_torch(content).to(dev).requires_grad_(True)
         hostmem().release_freed_memory()  # the same release as the JAX side gets
+        assert "jax" not in sys.modules, "the torch side must not pay for JAX's libraries"
         for _ in range(2):
             x.grad = None
             loss(x).backward()
@@ -77,12 +97,39 @@ def main(side, size, conv="direct"):
                       "peak_rss_mb": peak_rss_mb()}))
 
 
-def hostmem():
-    """`stylejax.cpu.hostmem`, loaded without the package (whose import pulls in JAX)."""
-    spec = importlib.util.spec_from_file_location("hostmem", ROOT / "stylejax" / "hostmem.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def _load_with(path: Path, name: str, stand_in: dict):
+    """The module in file ``path``, loaded with ``sys.modules[name]`` a module holding
+    ``stand_in`` while it runs (so its ``from name import ...`` does not import the package
+    ``name`` is in), and named after its file."""
+    saved = sys.modules.get(name)
+    sys.modules[name] = types.ModuleType(name)
+    vars(sys.modules[name]).update(stand_in)
+    try:
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        if saved is None:
+            del sys.modules[name]
+        else:
+            sys.modules[name] = saved
     return module
+
+
+def random_vgg_params(seed: int = 0) -> dict:
+    """`tests/fixtures.random_vgg_params`, the weights both sides get, without importing JAX:
+    the one name fixtures.py takes from stylejax, `weights.CONV_SPECS`, comes from here."""
+    fixtures = _load_with(ROOT / "tests" / "fixtures.py", "stylejax.weights",
+                          {"CONV_SPECS": CONV_SPECS})
+    return fixtures.random_vgg_params(seed)
+
+
+def hostmem():
+    """`stylejax.cpu.hostmem` without importing JAX: its one import from the package,
+    `xla_options.compile_lowered` (whose module imports JAX), serves only
+    `compile_released`, which the torch side does not call."""
+    return _load_with(ROOT / "stylejax" / "cpu" / "hostmem.py", "stylejax.cpu.xla_options",
+                      {"compile_lowered": None})
 
 
 def peak_rss_mb() -> float:

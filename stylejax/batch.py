@@ -272,7 +272,7 @@ def _synthetic(size: int, seed: int) -> np.ndarray:
 
 def throughput(vgg, size: int = 256, batch: int = 1, iterations: int = 10, *,
                per_image: int = 1000, cfg: Optional[LossConfig] = None,
-               shard: str = "auto") -> dict:
+               shard: str = "auto", execution: Optional[Execution] = None) -> dict:
     """Images per hour that `stylize_batch` sustains for ``batch`` pairs of ``size`` px.
 
     Runs two epochs of ``iterations`` L-BFGS iterations (line search, johnson preset unless
@@ -286,7 +286,7 @@ def throughput(vgg, size: int = 256, batch: int = 1, iterations: int = 10, *,
     contents = [_synthetic(size, 2 * i) for i in range(batch)]
     styles = [_synthetic(size, 2 * i + 1) for i in range(batch)]
     result = stylize_batch(vgg, contents, styles, cfg, epochs=2, max_iter=iterations,
-                           shard=shard)
+                           shard=shard, execution=execution)
     per_iteration = result.seconds[1] / iterations
     return {"size": size, "batch": batch, "iterations": iterations,
             "compile_s": result.seconds[0] - result.seconds[1],

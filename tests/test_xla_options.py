@@ -7,9 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
-from stylejax.cpu import hostmem, vgg, xla_options
-from stylejax.losses import LossConfig
+from stylejax.cpu import hostmem, xla_options
+from stylejax.execution import Execution
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU compiler option")
 
@@ -18,7 +19,9 @@ _K = jnp.full((3, 3, 64, 64), 0.01)
 
 
 def _conv_and_dot(x, k):
-    y = vgg.conv3x3(x, k)
+    # A 3x3 'same' convolution as the layers' forward pass runs it (`cpu.kernels`), and a dot.
+    y = lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y, jnp.einsum("bnc,bcd->bnd", y.reshape(4, 64, 64), k.reshape(9, 64, 64)[:4])
 
 
@@ -26,8 +29,8 @@ def _conv_and_dot(x, k):
 def test_ynnpack_runs_dots_of_direct_programs_and_convolutions_of_winograd_ones_on_avx512(
         monkeypatch, avx512):
     monkeypatch.setattr(xla_options, "has_avx512", lambda: avx512)
-    jitted = jax.jit(lambda x, k, cfg: _conv_and_dot(x, k), static_argnames="cfg")
-    default = jitted.lower(_X, _K, cfg=None).compile().as_text()
+    jitted = jax.jit(lambda x, k, execution: _conv_and_dot(x, k), static_argnames="execution")
+    default = jitted.lower(_X, _K, execution=None).compile().as_text()
     # XLA's own default puts both into YNNPACK fusions.
     if default.count("__ynn_fusion") < 2:
         pytest.skip("this jaxlib's defaults don't put convolutions into YNNPACK")
@@ -36,8 +39,8 @@ def test_ynnpack_runs_dots_of_direct_programs_and_convolutions_of_winograd_ones_
     in_ynnpack = {"direct": "dot", "winograd": "conv" if avx512 else None}
     in_ynnpack["auto"] = in_ynnpack["winograd"]
     for conv, op in in_ynnpack.items():
-        # The algorithm is read off the config argument, as the solver's programs pass it.
-        compiled = hostmem.compile_released(jitted, _X, _K, cfg=LossConfig(conv=conv))
+        # The algorithm is read off the `Execution` argument, as the solver's programs pass it.
+        compiled = hostmem.compile_released(jitted, _X, _K, execution=Execution(conv=conv))
         entry = compiled.as_text()[compiled.as_text().index("\nENTRY"):]
         fused = [line for line in entry.splitlines() if "__ynn_fusion" in line]
         assert len(fused) == (op is not None), (conv, fused)
@@ -45,7 +48,7 @@ def test_ynnpack_runs_dots_of_direct_programs_and_convolutions_of_winograd_ones_
             assert ops[op][0] in fused[0]
         for other in set(ops) - {op}:  # the other, by XLA itself (Eigen)
             assert ops[other][1] in entry, (conv, other)
-        for u, v in zip(jitted(_X, _K, cfg=None), compiled(_X, _K)):
+        for u, v in zip(jitted(_X, _K, execution=None), compiled(_X, _K)):
             np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-5)
 
 

@@ -15,7 +15,8 @@ iterations and ran up to 13% slower. `keep_step_heap` fixes both thresholds so s
 stays mapped between calls: 18,000 faults per ten iterations at 192 px (XLA's temporary
 buffer, mapped once per call), half the kernel time, iterations 2-4% faster at 192 and 512
 px, the 512 px peak RSS 20-40 MB higher. This module only touches the C allocator, never JAX
-arrays (it imports no JAX, so a benchmark can use it on a PyTorch side as well).
+arrays (`keep_step_heap` and `release_freed_memory` need no JAX, so a benchmark can use
+them on a PyTorch side as well).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import functools
 import os
 
 from stylejax.cpu.xla_options import compile_lowered
+from stylejax.execution import Execution
 
 # glibc's mallopt parameters (malloc.h) and the values `keep_step_heap` sets.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -92,15 +94,16 @@ def release_freed_memory() -> bool:
 def compile_released(jitted, *args, **kwargs):
     """``jitted.lower(*args, **kwargs).compile()`` (with stylejax's compiler options,
     `xla_options.compile_lowered`, for the convolution algorithm of the first argument that
-    has a ``conv``: the `Execution`), then `release_freed_memory`. It does not call
+    is an `Execution`; the default one if none), then `release_freed_memory`. It does not call
     `keep_step_heap` (a process-wide setting): the command line does, for its own process.
 
     Call the result with the non-static arguments only. Compiling ahead like this, rather
     than on the first call, lets the compiler's scratch go back to the OS before the program
     first runs, so it never adds to the run's peak memory.
     """
-    conv = next((a.conv for a in (*args, *kwargs.values())
-                 if isinstance(getattr(a, "conv", None), str)), "auto")
+    execution = next((a for a in (*args, *kwargs.values()) if isinstance(a, Execution)),
+                      Execution())
+    conv = execution.resolved_conv()  # bfloat16 runs direct, whatever "auto" says
     compiled = compile_lowered(jitted.lower(*args, **kwargs), conv)
     release_freed_memory()
     return compiled

@@ -47,7 +47,7 @@ CPU_OPTIONS = {("winograd", False): {YNN_OPTION: ""},
                ("winograd", True): {YNN_OPTION: _CONVOLUTIONS},
                ("direct", False): {YNN_OPTION: _DOTS},
                ("direct", True): {YNN_OPTION: _DOTS}}
-"""The CPU options of a program by its convolution algorithm (`vgg.resolve_conv`'s) and
+"""The CPU options of a program by its convolution algorithm (`execution.resolve_conv`'s) and
 whether the CPU has AVX-512 (`has_avx512`)."""
 
 
@@ -69,7 +69,7 @@ _rejected = False  # this jaxlib refused CPU_OPTIONS once: don't try again
 
 def compiler_options(platform: str | None = None, conv: str = "auto") -> dict:
     """The options `compile_lowered` adds for ``platform`` (default: JAX's default backend)
-    to a program whose convolutions use ``conv`` (one of `vgg.CONVS`): `CPU_OPTIONS` on the
+    to a program whose convolutions use ``conv`` (one of `execution.CONVS`): `CPU_OPTIONS` on the
     CPU, none elsewhere, none once refused or set in ``XLA_FLAGS``."""
     platform = platform or jax.default_backend()
     if platform != "cpu" or _rejected or YNN_OPTION in os.environ.get("XLA_FLAGS", ""):
