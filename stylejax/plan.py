@@ -36,7 +36,7 @@ The model (bytes; E = 4 for float32 activations, 2 for bfloat16; image = H*W*3*4
   (``STYLE_PASS_LAYERS`` times its largest activation).
 
 Measured on CPU (jax 0.10, XLA CPU, 2 cores) against the peak RSS growth over the process
-after imports and weight loading: see tests/test_plan.py and the README.
+after imports and weight loading: see tests/test_plan.py and docs/tiling.md.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ finer ones are damped, as 1 / (|f| L) for EXPONENT 1/2. The loss is unchanged (e
 is some ``smooth(z)``: the filter is invertible), only the path to its minimum: gradient
 steps in ``z`` are gradient steps in ``x`` preconditioned by ``smooth``², which moves the
 broad strokes that the fine detail hangs on before the detail, as a coarse-to-fine start does
-(README, "Optimizers", gives the measurements behind ``L`` and EXPONENT).
+(docs/optimizers.md gives the measurements behind ``L`` and EXPONENT).
 
 The filter is real and symmetric (the scale is real and even in f), so the gradient in ``z``
 is ``smooth`` applied to the gradient in ``x``. Images are periodic to the DFT: a step at one

@@ -9,7 +9,7 @@ The solver state (L-BFGS history, Adam moments) is carried across epochs, so k i
 twice equal 2k iterations once. By default every solver works on the pixels, as Gatys et al.
 and jcjohnson/neural-style do. With ``precondition`` (opt-in) it works on variables ``z``
 whose image is ``precondition.smooth(z)``: the same loss, a better-conditioned path to it
-that damps fine detail early (see README, "Optimizers"); ``state.image`` is always the image.
+that damps fine detail early (see docs/optimizers.md); ``state.image`` is always the image.
 Backends:
 
 - ``lbfgs``: jaxopt's `LBFGS` (the default). ``lr > 0`` takes fixed steps of that size along
