@@ -8,8 +8,21 @@ convolution already runs at the matmul peak, this is the only way to do fewer FL
 
 The interpolation points are 0, 1, -1, 1/2, -1/2 and infinity. The usual 0, ±1, ±2 have the
 same cost but a 2-7x larger float32 error through VGG-19 (their output transform multiplies
-by 8); with these the loss gradient was within 1e-4 of float64 at 256 px (direct: 4e-5)
-where no ReLU flips (one whose pre-activation rounds across zero moves it by ~1e-3).
+by 8).
+
+Accuracy (float32 against float64; tests/test_winograd.py holds both to 1e-5): one layer at
+VGG-19's shapes is 2-5e-6 off in relative L2, forward and input gradient alike, either form
+of the input gradient's product (XLA's direct convolution: 3e-7). Most of it is the float32
+sums over the input channels in the Winograd domain (it grows with them), whose terms are
+~10x the outputs the output transform makes of them; summing in 4 chunks would take it to
+1.0-1.5e-6, not to direct's. A whole loss gradient given the same ReLU masks and max-pool
+choices as float64's is 1-4e-6 off (direct 2-9e-7). Without that proviso any float32
+network's gradient, direct or PyTorch's too, is sometimes 1e-4 to 1e-2 off: a ReLU
+pre-activation, or a max-pool window's second value, within rounding of the decision goes
+the other way, and the gradient is piecewise constant in those choices. Winograd's coarser
+rounding makes it about twice as likely at 64 px (johnson preset: 11 of 40 random images
+against direct's 5 and PyTorch's 3 beyond 1e-4); at 256 px it is the rule for all three (8, 7
+and 6 of 8). Which unit flips depends on the compiled program, not only on the inputs.
 
 All functions are pure, NHWC, float32, any height and width (the image is zero-padded to
 whole tiles and the result cropped), and need no XLA extension.
