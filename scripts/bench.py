@@ -49,7 +49,7 @@ import stylejax  # noqa: E402
 from stylejax import images as imageio  # noqa: E402
 from stylejax.cli.stylize import tune_process  # noqa: E402
 from stylejax.cpu import prepare_kernels  # noqa: E402
-from stylejax.cpu.hostmem import compile_released, keep_step_heap  # noqa: E402
+from stylejax.cpu.hostmem import compile_released, forget_compiled, keep_step_heap  # noqa: E402
 from stylejax.errors import StylejaxError  # noqa: E402
 from stylejax.execution import Execution, resolve_conv  # noqa: E402
 from stylejax.layers import LAYERS  # noqa: E402
@@ -485,12 +485,14 @@ def main():
             if i == len(runs) - 1:
                 tune_process(Path(cache.name))  # as the CLI sets it
             jax.clear_caches()  # each run compiles its own programs
+            forget_compiled()
             r = time_to_loss(vgg, content, style, ref["loss"], kind, 2 * ref["seconds"],
                              coarse=coarse, conv=conv, precondition=wavelength)
             r["compilation_cache"] = "cold"
             report["converge"]["ours"].append(r)
             _print_converge(r, ref)
         jax.clear_caches()
+        forget_compiled()
         start_up, pieces = start_up_s(vgg, content, style, "lbfgs", conv=first)
         r = dict(r, optimizer=r["optimizer"] + ", programs cached", compile_s=start_up,
                  start_up_pieces_s=pieces, seconds=start_up + r["solve_s"],
