@@ -183,4 +183,4 @@ def test_odd_but_valid_images_run_end_to_end(tmp_path, weights_path):
     final = np.asarray(Image.open(out / "final.png"))
     assert final.shape == (34, 48, 3)  # 40x56 scaled so the long side is 48
     assert sorted(p.name for p in out.iterdir()) == [
-        "checkpoint.msgpack", "contact_sheet.png", "final.png", "losses.csv", "losses.json", "snapshot_0001.png"]
+        "checkpoint.msgpack", "contact_sheet.png", "final.png", "losses.csv", "losses.json", "losses.png", "snapshot_0001.png"]

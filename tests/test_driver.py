@@ -42,8 +42,8 @@ def test_stylize_cli_writes_snapshots_sheet_and_log(tmp_path, weights_path, imag
     kept = {p.name.split("-")[0] for p in (cache / "xla").iterdir()}
     assert "jit_run_epoch" in kept and "jit_init_state" not in kept, kept
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["checkpoint.msgpack", "contact_sheet.png", "final.png", "losses.csv", "losses.json",
-                     "snapshot_0002.png", "snapshot_0004.png"]
+    assert names == ["checkpoint.msgpack", "contact_sheet.png", "final.png", "losses.csv",
+                     "losses.json", "losses.png", "snapshot_0002.png", "snapshot_0004.png"]
     final = np.asarray(Image.open(out / "final.png"))
     assert final.shape == (48, 64, 3)
     sheet = Image.open(out / "contact_sheet.png")

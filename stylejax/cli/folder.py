@@ -123,7 +123,7 @@ def plan_batches(entries, batch_size: int) -> list:
 def default_batch_size() -> int:
     """8 images at once on GPU/TPU (or one per device, if more). On CPU one per device:
     one image already keeps the cores busy, and a batch waits for its slowest pair's line
-    search (see the README's throughput table)."""
+    search (see docs/batch.md, "Throughput")."""
     count = len(jax.devices())
     return count if jax.default_backend() == "cpu" else max(8, count)
 

@@ -9,6 +9,7 @@ from typing import Optional, Union
 
 from stylejax import colour
 from stylejax import images as imageio
+from stylejax.cli.serve import DEFAULT_PORT
 from stylejax.errors import StylejaxError
 from stylejax.execution import AUTO_CPU, CONVS, DTYPES, Execution
 from stylejax.losses import PRESETS, LossConfig, preset_config
@@ -31,6 +32,14 @@ def _ints(text: str) -> tuple[int, ...]:
         return tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected whole numbers, got {text!r}")
+
+
+def _port(text: str) -> int:
+    port = int(text) if text.strip().isdigit() else -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535 (0: any free one), "
+                                         f"got {text!r}")
+    return port
 
 
 def _flat(groups):
@@ -116,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "input and >= 128 output channels and >= 512 output pixels; float32 "
                         "only; faster on CPU), direct, or auto (default: "
                         f"{AUTO_CPU} on CPU, direct on GPU/TPU and in bf16); the same loss "
-                        "and gradient to float32 rounding")
+                        "and gradient to float32 rounding (see stylejax/execution.py)")
     p.add_argument("--max-pixels", type=int, default=imageio.DEFAULT_MAX_PIXELS,
                    help="refuse input images with more pixels than this")
     # Many images and several devices: see stylejax/batch.py and stylejax/devices.py.
@@ -147,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", action="store_true",
                    help="print the predicted peak memory and the device's free memory, "
                         "then exit without running")
+    p.add_argument("--serve", type=_port, nargs="?", const=DEFAULT_PORT, metavar="PORT",
+                   help="watch the run in a browser at http://127.0.0.1:PORT/ (default "
+                        f"{DEFAULT_PORT}; 0: any free port): the latest image, the loss curve "
+                        "and the progress, live; after the run, until Ctrl-C")
+    p.add_argument("--serve-host", default="127.0.0.1", metavar="HOST",
+                   help="the address --serve listens on (default 127.0.0.1: this machine "
+                        "only; 0.0.0.0: every network interface)")
     return p
 
 

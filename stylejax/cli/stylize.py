@@ -1,7 +1,8 @@
 """``stylize.py CONTENT STYLE [flags]``: one image (coarse to fine, or by tiles), or a folder.
 
 Every run consumes the library's one epoch loop (`stylejax.run.stylize_epochs`, or its tiled
-form): this module adds the files (`outputs`), the progress bar, Ctrl-C and --resume.
+form): this module adds the files (`outputs`), the progress bar, Ctrl-C, --resume and the
+page of --serve (`serve`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from stylejax.cli import folder
 from stylejax.cli.inputs import prepare_images, prepare_masks
 from stylejax.cli.options import RunConfig, build_parser, run_config, solver_config, style_paths
 from stylejax.cli.outputs import Outputs, StopOnSignal, identity
+from stylejax.cli.serve import Watch
 from stylejax.convert import cache_dir
 from stylejax.cpu.hostmem import keep_step_heap
 from stylejax.errors import StylejaxError
@@ -82,6 +84,24 @@ def _main(argv) -> int:
     tune_process()
     args = folder.resolve_args(args)
     rc = run_config(args)
+    if args.serve is None or args.plan:
+        return _run(args, rc)
+    if folder.wants_batch_path(args):
+        raise StylejaxError("--serve watches one image's run: drop it for --content-dir and "
+                            "--shard spatial.")
+    watch = Watch(args.serve, args.serve_host)  # a port that cannot be bound: before any work
+    print(f"watch the run at {watch.url}", file=sys.stderr, flush=True)
+    try:
+        code = _run(args, rc, watch)
+        if code == 0:
+            watch.linger()
+        return code
+    finally:
+        watch.close()
+
+
+def _run(args, rc: RunConfig, watch: Optional[Watch] = None) -> int:
+    """The run itself; ``watch``: the page of --serve to keep up to date, if any."""
     if folder.wants_batch_path(args):
         return folder.run_folder(args, rc)
     paths = style_paths(args)
@@ -121,18 +141,22 @@ def _main(argv) -> int:
                                scales=rc.scales, edge=rc.edge, content_masks=content_masks,
                                style_masks=style_masks, resume=resume, **common)
         scales = len(rc.scales or [None])
-    return _consume(steps, outputs, rc, content, scales, resume, checkpoints=not args.tile)
+    return _consume(steps, outputs, rc, content, scales, resume, checkpoints=not args.tile,
+                    watch=watch)
 
 
 def _consume(steps, outputs: Outputs, rc: RunConfig, content, scales: int, resume,
-             checkpoints: bool) -> int:
-    """Runs the loop ``steps``, writing each epoch's files; returns the exit status."""
+             checkpoints: bool, watch: Optional[Watch] = None) -> int:
+    """Runs the loop ``steps``, writing each epoch's files (and showing them on ``watch``'s
+    page); returns the exit status."""
     total = rc.epochs * scales
     done = resume[0] if resume else 0
     image = np.asarray(resume[1]["image"]) if resume and done >= total else content[None]
     bar = tqdm(total=total, initial=min(done, total), unit="epoch", file=sys.stderr,
                dynamic_ncols=True)
     stopped, clock = None, time.perf_counter()
+    if watch:
+        watch.start(done, total, [e["loss"] for e in outputs.log], outputs.curve_png)
     try:
         with StopOnSignal() as stop:
             for step in steps:
@@ -144,6 +168,9 @@ def _consume(steps, outputs: Outputs, rc: RunConfig, content, scales: int, resum
                 bar.set_postfix_str(f"loss {step.loss:.4g}, {rc.max_iter / (now - clock):.2f} "
                                     "it/s" + (f", {w}x{h} px" if step.scales > 1 else ""))
                 bar.update(1)
+                if watch:
+                    watch.epoch(step, rc.max_iter / (now - clock),
+                                [e["loss"] for e in outputs.log], outputs.curve_png)
                 clock = now
                 # Read the flag once, after the bookkeeping: a signal landing between a
                 # checkpoint's test and the break would stop without a checkpoint.
@@ -165,6 +192,8 @@ def _consume(steps, outputs: Outputs, rc: RunConfig, content, scales: int, resum
                  if checkpoints else "(tiled runs keep no checkpoint)."), file=sys.stderr)
         return 130
     outputs.finish(content, image)
+    if watch:
+        watch.finish(image)
     loss = f"loss {outputs.log[-1]['loss']:.6g} after " if outputs.log else ""
     print(f"wrote {out / 'final.png'} ({loss}{done * rc.max_iter} iterations"
           + (f" over {scales} scales" if scales > 1 else "") + ")")
