@@ -10,11 +10,12 @@ from stylejax.cpu import prepare_kernels
 from stylejax.errors import StylejaxError
 from stylejax.execution import Execution
 from stylejax.losses import (LossConfig, gram, loss_fn, loss_terms, make_targets, masked_gram,
-                             preset_config)
+                             preset_config, temporal_term)
 from stylejax.normalize import normalize_vgg
 from stylejax.run import Epoch, StylizeResult, stylize, stylize_epochs
 from stylejax.solvers import SolverConfig, fresh_state, init_state, run_epoch
 from stylejax.tiling import TiledResult, stylize_tiled
+from stylejax.video import VideoResult, stylize_video, temporal_loss, warp
 from stylejax.vgg import LAYERS, extract_features
 from stylejax.weights import Vgg19, load_vgg19
 
@@ -24,5 +25,5 @@ __all__ = [
     "loss_fn", "loss_terms", "make_targets", "preset_config", "run_epoch", "stylize",
     "stylize_epochs", "match_color", "match_luminance", "restore_chroma", "masked_gram",
     "normalize_vgg", "BatchResult", "stylize_batch", "TiledResult", "stylize_tiled",
-    "prepare_kernels",
+    "prepare_kernels", "VideoResult", "stylize_video", "temporal_loss", "temporal_term", "warp",
 ]

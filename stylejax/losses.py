@@ -23,6 +23,11 @@ compares region Grams G_r = Σ_p T_r(p)² F_p F_pᵀ / Σ_p T_r(p)² (the paper'
 masked features F∘T_r, averaged over the region; then ÷N for johnson, ×M for seed, as above)
 with the style's, and weights region r by λ_r = a_r w_r / Σ a w (a_r = Σ T_r², w_r its
 blend weight). Masks are average-pooled along with the features at each pooling layer.
+
+Video (Ruder, Dosovitskiy & Brox 2016, *Artistic Style Transfer for Videos*, Eq. 7): when the
+targets carry ``"temporal": {"warped": ω [1, H, W, 3], "weights": c [1, H, W, 1]}`` (the
+previous stylized frame warped into this one, and the per-pixel consistency weights; see
+`stylejax.video`), the total gains ``temporal_weight · (1/D) Σ c·(x − ω)²``, D = H·W·3.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ class LossConfig:
     tv_weight: float = 32.5
     normalization: str = "johnson"
     pooling: str = "max"
+    temporal_weight: float = 0.0  # used only when the targets carry "temporal" (video)
 
     def __post_init__(self):
         # Normalise lists to tuples so equal configs hash equally, then validate.
@@ -82,7 +88,7 @@ class LossConfig:
                                 f"{', '.join(NORMALIZATIONS)}.")
         if self.pooling not in POOLINGS:
             raise StylejaxError(f"Unknown pooling {self.pooling!r}: use max or avg.")
-        for name in ("content_weight", "style_weight", "tv_weight"):
+        for name in ("content_weight", "style_weight", "tv_weight", "temporal_weight"):
             if not getattr(self, name) >= 0:
                 raise StylejaxError(f"{name} must be a number >= 0, got {getattr(self, name)}.")
 
@@ -208,6 +214,16 @@ def tv_term(images):
     dy = images[:, 1:, :, :] - images[:, :-1, :, :]
     dx = images[:, :, 1:, :] - images[:, :, :-1, :]
     return jnp.sum(dy * dy) + jnp.sum(dx * dx)
+
+
+def temporal_term(images, warped, weights):
+    """Temporal loss of Ruder et al. (2016, Eq. 7), ``(1/D) Σ c·(x − ω)²`` with D = H·W·3:
+    ``images`` x [N, H, W, 3] against ``warped`` ω (the previous stylized frame warped into
+    this one; [1, H, W, 3] or [N, ...]) under per-pixel ``weights`` c [1, H, W, 1] in [0, 1]
+    (0 where the flow is not trusted). Summed over the batch; float32 scalar."""
+    _, h, w, c = images.shape
+    d = images.astype(jnp.float32) - warped.astype(jnp.float32)
+    return jnp.sum(weights.astype(jnp.float32) * d * d) / (h * w * c)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "dtype"))
@@ -347,16 +363,22 @@ def _terms(vgg, image, targets, cfg, execution):
         g, lam = masked_gram(f, masks[name], cfg.normalization), targets["region_weights"][name]
         style += w * sum(lam[r] * style_term(g[:, r], targets["style"][name][r], m,
                                              cfg.normalization) for r in range(g.shape[1]))
-    return {"content": cfg.content_weight * content,
-            "style": cfg.style_weight * style,
-            "tv": cfg.tv_weight * tv_term(x) if cfg.tv_weight else jnp.zeros((), jnp.float32)}
+    terms = {"content": cfg.content_weight * content,
+             "style": cfg.style_weight * style,
+             "tv": cfg.tv_weight * tv_term(x) if cfg.tv_weight else jnp.zeros((), jnp.float32)}
+    temporal = targets.get("temporal")  # pytree structure: static under jit, as "masks"
+    if temporal is not None:
+        terms["temporal"] = (cfg.temporal_weight * temporal_term(x, temporal["warped"],
+                                                                 temporal["weights"])
+                             if cfg.temporal_weight else jnp.zeros((), jnp.float32))
+    return terms
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "execution"))
 def loss_terms(vgg: Vgg19, image, targets: dict, cfg: LossConfig,
                execution: Optional[Execution] = None) -> dict:
-    """The weighted parts of the loss, ``{"content", "style", "tv"}`` float32 scalars
-    (arguments as `loss_fn`)."""
+    """The weighted parts of the loss, ``{"content", "style", "tv"}`` float32 scalars, and
+    ``"temporal"`` when the targets carry it (arguments as `loss_fn`)."""
     return _terms(vgg, image, targets, cfg, execution)
 
 
