@@ -78,3 +78,21 @@ def test_readme_snippet_runs(weights_path):
     assert r.returncode == 0, r.stderr
     loss, shape = r.stdout.split()
     assert float(loss) > 0 and shape == "(2,)"
+
+
+def test_readme_first_command_stylizes_the_examples(tmp_path, weights_path):
+    """The README's "Run it" block, as a newcomer runs it (weights from a converted fixture
+    file instead of the download; a tiny size and budget appended): its stylize command works
+    on examples/ and writes the final image, the loss curve and the contact sheet."""
+    block = re.search(r"## Run it.*?```bash\n(.*?)```", (REPO / "README.md").read_text(),
+                      re.S).group(1)
+    line, = [ln for ln in block.splitlines() if ln.startswith("python scripts/stylize.py")]
+    args = line.split("#")[0].split()[2:]
+    out = tmp_path / "out"
+    args[args.index("--out") + 1] = str(out)
+    assert all((REPO / a).is_file() for a in args[:2]), args  # the examples are committed
+    r = run_cli("stylize.py", *args, "--weights", weights_path, "--size", 48, "--epochs", 2,
+                "--max-iter", 2)
+    assert r.returncode == 0, r.stderr
+    for name in ("final.png", "losses.png", "contact_sheet.png"):
+        assert (out / name).is_file(), name
