@@ -21,6 +21,7 @@ from tqdm import tqdm
 from stylejax import images as imageio
 from stylejax import plan as memory_plan
 from stylejax.cli import folder
+from stylejax.cli.exits import guarded
 from stylejax.cli.inputs import prepare_images, prepare_masks
 from stylejax.cli.options import RunConfig, build_parser, run_config, solver_config, style_paths
 from stylejax.cli.outputs import Outputs, StopOnSignal, identity
@@ -36,15 +37,8 @@ from stylejax.weights import load_vgg19
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``stylize.py CONTENT STYLE [flags]``; returns the exit status."""
-    try:
-        return _main(argv)
-    except StylejaxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; the snapshots and the last checkpoint are kept (resume "
-              "with the same command and --resume).", file=sys.stderr)
-        return 130
+    return guarded(_main, argv, "the snapshots and the last checkpoint are kept (resume "
+                                "with the same command and --resume).")
 
 
 def tune_process(cache: Optional[Path] = None) -> None:

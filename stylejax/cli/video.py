@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from stylejax import images as imageio
+from stylejax.cli.exits import guarded
 from stylejax.cli.options import _floats, _layers, _Parser, run_config, solver_config
 from stylejax.cli.stylize import tune_process
 from stylejax.errors import StylejaxError
@@ -105,14 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``stylize_video.py INPUT STYLE --out DIR [flags]``; returns the exit status."""
-    try:
-        return _main(argv)
-    except StylejaxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; the frames written so far are kept.", file=sys.stderr)
-        return 130
+    return guarded(_main, argv, "the frames written so far are kept.")
 
 
 def _need(module, what: str):
