@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 import stylejax  # noqa: E402
 from stylejax import images as imageio  # noqa: E402
 from stylejax.cli.stylize import tune_process  # noqa: E402
-from stylejax.cpu import prepare_kernels  # noqa: E402
+from stylejax.cpu.kernels import prepare_kernels  # noqa: E402
 from stylejax.cpu.hostmem import compile_released, forget_compiled, keep_step_heap  # noqa: E402
 from stylejax.errors import StylejaxError  # noqa: E402
 from stylejax.execution import Execution, resolve_conv  # noqa: E402

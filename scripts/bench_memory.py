@@ -43,7 +43,7 @@ def main(side, size, conv="auto"):
         import jax.numpy as jnp
 
         import stylejax
-        from stylejax.cpu import prepare_kernels
+        from stylejax.cpu.kernels import prepare_kernels
         from stylejax.cpu.hostmem import compile_released, keep_step_heap
         from stylejax.execution import Execution
         from stylejax.weights import CAFFE, CONV_SPECS as SPECS, Vgg19

@@ -6,12 +6,13 @@ command-line code (that is `stylejax.cli`).
 
 from stylejax.batch import BatchResult, stylize_batch
 from stylejax.colour import match_color, match_luminance, restore_chroma
-from stylejax.cpu import prepare_kernels
+from stylejax.cpu.kernels import prepare_kernels
 from stylejax.errors import StylejaxError
 from stylejax.execution import Execution
 from stylejax.losses import (LossConfig, gram, loss_fn, loss_terms, make_targets, masked_gram,
-                             preset_config, temporal_term)
+                             temporal_term)
 from stylejax.normalize import normalize_vgg
+from stylejax.presets import preset_config
 from stylejax.run import Epoch, StylizeResult, stylize, stylize_epochs
 from stylejax.solvers import SolverConfig, fresh_state, init_state, run_epoch
 from stylejax.tiling import TiledResult, stylize_tiled

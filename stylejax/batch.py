@@ -29,11 +29,13 @@ import numpy as np
 
 from jax.sharding import PartitionSpec as P
 
-from stylejax import devices as dev
-from stylejax.cpu import compile_released, prepare_kernels
+import stylejax.devices as dev
+from stylejax.cpu.hostmem import compile_released
+from stylejax.cpu.kernels import prepare_kernels
 from stylejax.errors import StylejaxError
 from stylejax.execution import Execution, as_execution
-from stylejax.losses import LossConfig, loss_fn, make_targets, preset_config
+from stylejax.losses import LossConfig, loss_fn, make_targets
+from stylejax.presets import preset_config
 from stylejax.run import initial_image
 from stylejax.solvers import SolverConfig, epoch, init_state, solver_config
 

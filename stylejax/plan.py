@@ -24,7 +24,7 @@ The model (bytes; E = 4 for float32 activations, 2 for bfloat16; image = H*W*3*4
   max(Cin, Cout) * 4, tiles = ceil(h/4) * ceil(w/4)); measured over the direct convolution:
   512 px +319-353 MiB of peak RSS, this term 341 MiB; 256 px +12-33 MiB, this term 197 MiB.
 - ``flipped kernels``: the flipped copy of each direct layer's kernel that the input
-  gradient convolves with (9 * Cin * Cout * 4; made once per run, `cpu.prepare_kernels`).
+  gradient convolves with (9 * Cin * Cout * 4; made once per run, `cpu.kernels.prepare_kernels`).
 - ``runtime``: a fixed ``RUNTIME_OVERHEAD[kind]`` (XLA's runtime and the compiled program;
   the compiler's scratch heap is released before the run, and the steps' scratch kept between
   calls, `hostmem`: 20-40 MB more at 512 px, inside the fit's errors). Fitted on CPU to the

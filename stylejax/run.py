@@ -19,9 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from stylejax import colour
-from stylejax import images as imageio
-from stylejax.cpu import compile_released, prepare_kernels
+import stylejax.colour as colour
+import stylejax.images as imageio
+from stylejax.cpu.hostmem import compile_released
+from stylejax.cpu.kernels import prepare_kernels
 from stylejax.errors import StylejaxError
 from stylejax.execution import Execution
 from stylejax.layers import min_size
@@ -162,7 +163,7 @@ def state_maker(scfg: SolverConfig, vgg, x0, targets, cfg: LossConfig,
     """``make(vgg, x, targets) -> SolverState`` for images and targets shaped as ``x0`` [1, H,
     W, 3] and ``targets``: for L-BFGS `solvers.fresh_state` (the first epoch evaluates it; no
     evaluation to compile), else `solvers.init_state`, compiled ahead here with the
-    compiler's freed heap released (`cpu.compile_released`) before it first runs."""
+    compiler's freed heap released (`cpu.hostmem.compile_released`) before it first runs."""
     if scfg.kind == "lbfgs":
         return lambda vgg, x, targets: fresh_state(scfg, x)
     compiled = compile_released(init_state, scfg, vgg, x0, targets, cfg, execution)
@@ -207,7 +208,7 @@ def compiled_epoch(vgg, targets, cfg: LossConfig, scfg: SolverConfig, state,
     """``epoch(state, targets=targets) -> state``: `solvers.run_epoch` compiled ahead for the
     shapes of ``state`` and ``targets`` (other targets of those shapes may be given per call,
     as tiles do), the compiler's freed heap released before it first runs. The kernels'
-    prepared forms (`cpu.prepare_kernels`) are made here, once for all the calls."""
+    prepared forms (`cpu.kernels.prepare_kernels`) are made here, once for all the calls."""
     vgg = prepare_kernels(vgg, cfg.layers, execution, state.image.shape)
     compiled = compile_released(run_epoch, state, vgg, targets, cfg=cfg, scfg=scfg,
                                 execution=execution)
@@ -220,6 +221,20 @@ def check_finite(epoch: int, loss: float) -> None:
         raise StylejaxError(
             f"The loss became {loss} in epoch {epoch}; stopped, keeping the last good "
             "image: lower --lr or the loss weights, or use --optimizer optax-lbfgs.")
+
+
+def run_epochs(epoch_fn, state, targets, first: int, last: int, offset: int = 0):
+    """Epochs ``first..last`` of ``epoch_fn`` (`compiled_epoch`'s) from ``state`` against
+    ``targets``; yields ``(epoch, state, loss, seconds)`` after each, reading the loss once
+    (the one host sync per epoch). Raises StylejaxError for a NaN/inf loss, naming epoch
+    ``offset + epoch``."""
+    clock = time.perf_counter()
+    for e in range(first, last + 1):
+        state = epoch_fn(state, targets)
+        loss = float(state.value)
+        check_finite(offset + e, loss)
+        yield e, state, loss, time.perf_counter() - clock
+        clock = time.perf_counter()
 
 
 @dataclass
@@ -275,18 +290,12 @@ def stylize_epochs(vgg, content, styles, cfg: LossConfig, scfg: SolverConfig, *,
                                      style_blend_weights, execution)
         if raw is not None:
             state, raw = serialization.from_state_dict(state, raw), None
-        first = max(done - k * per, 0) + 1
         epoch_fn = compiled_epoch(vgg, targets, cfg, scfg, state, execution)
-        clock = time.perf_counter()
-        for e in range(first, per + 1):
-            state = epoch_fn(state)
-            loss = float(state.value)  # the one host sync per epoch
-            check_finite(k * per + e, loss)
-            now = time.perf_counter()
+        for e, state, loss, seconds in run_epochs(epoch_fn, state, targets,
+                                                  max(done - k * per, 0) + 1, per, k * per):
             image = shown_image(preserve_colors, np.asarray(state.image), stage.content)
             yield Epoch(k * per + e, k, n, tuple(sizes[k]), e == per, state, loss, image,
-                        now - clock)
-            clock = time.perf_counter()
+                        seconds)
         start = np.asarray(state.image)
 
 

@@ -37,7 +37,7 @@ from typing import Callable, Iterator, Optional
 import jax.numpy as jnp
 import numpy as np
 
-from stylejax import colour
+import stylejax.colour as colour
 from stylejax.errors import StylejaxError
 from stylejax.execution import Execution
 from stylejax.layers import LAYERS, min_size

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from stylejax.cpu import kernels as cpu_kernels
+import stylejax.cpu.kernels as cpu_kernels
 from stylejax.errors import StylejaxError
 from stylejax.execution import Execution
 from stylejax.layers import LAYERS, check_layers, min_size

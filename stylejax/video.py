@@ -35,8 +35,8 @@ import numpy as np
 from stylejax.errors import StylejaxError
 from stylejax.execution import Execution
 from stylejax.losses import LossConfig, content_targets, make_targets, temporal_term
-from stylejax.run import (Epoch, as_images, check_call, check_finite, check_stages,
-                          compiled_epoch, initial_image, state_maker)
+from stylejax.run import (Epoch, as_images, check_call, check_stages,
+                          compiled_epoch, initial_image, run_epochs, state_maker)
 from stylejax.solvers import SolverConfig, solver_config
 
 # Ruder et al. 2016, Sec. 3.1: the forward-backward check and the motion-boundary test.
@@ -213,15 +213,12 @@ def video_epochs(vgg, frames, styles, cfg: LossConfig, scfg: SolverConfig, *, ep
         state = make_state(vgg, x0, targets)
         if epoch_fn is None:
             epoch_fn = compiled_epoch(vgg, targets, cfg, scfg, state, execution)
-        for e in range(1, epochs + 1):
-            state = epoch_fn(state, targets)
-            loss = float(state.value)  # the one host sync per epoch
-            check_finite(e, loss)
+        setup = time.perf_counter() - start  # flows, targets, first compile: the first epoch's
+        for e, state, loss, seconds in run_epochs(epoch_fn, state, targets, 1, epochs):
             image = np.asarray(state.image)
-            now = time.perf_counter()
-            yield VideoEpoch(e, 0, 1, (h, w), e == epochs, state, loss, image, now - start,
-                             frame=k, frames=t, weights=kept)
-            start = time.perf_counter()
+            yield VideoEpoch(e, 0, 1, (h, w), e == epochs, state, loss, image,
+                             seconds + (setup if e == 1 else 0.0), frame=k, frames=t,
+                             weights=kept)
         previous = image
 
 

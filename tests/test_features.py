@@ -29,7 +29,8 @@ from stylejax import colour, images, run
 from stylejax.cli import convert, inputs, options
 from stylejax.cli import stylize as cli_stylize
 from stylejax.cli.outputs import CHECKPOINT
-from stylejax.losses import LossConfig, gram, layer_masks, masked_gram, network_warning
+from stylejax.losses import LossConfig, gram, layer_masks, masked_gram
+from stylejax.presets import network_warning
 from stylejax.vgg import LAYERS, extract_features
 
 SHALLOW = LossConfig(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"),

@@ -31,9 +31,10 @@ def _imports(path: Path, modules: set) -> set:
             if node.level:
                 base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]
                                 + ([base] if base else []))
-            # `from stylejax.cpu import kernels` imports the submodule stylejax.cpu.kernels.
-            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
-                       for a in node.names]
+            # `from stylejax.cpu import kernels` imports the package stylejax.cpu (its
+            # __init__ runs first) and the submodule stylejax.cpu.kernels.
+            targets = [base] + [f"{base}.{a.name}" for a in node.names
+                                if f"{base}.{a.name}" in modules]
         else:
             continue
         found.update(t for t in targets if t in modules and t != name)
@@ -44,12 +45,7 @@ def _graph() -> dict:
     files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph = {}
     for name, path in files.items():
-        deps = _imports(path, set(files))
-        # A package's __init__ runs before any of its submodules: count it as imported too,
-        # unless it is an ancestor of the importer (then it is already running).
-        ancestors = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
-        parents = {".".join(d.split(".")[:i]) for d in deps for i in range(2, d.count(".") + 1)}
-        graph[name] = deps | {p for p in parents if p in files and p != name} - ancestors
+        graph[name] = _imports(path, set(files))
     return graph
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import stylejax
-from stylejax.losses import LossConfig, gram, preset_config
+from stylejax.losses import LossConfig, gram
+from stylejax.presets import preset_config
 from torch_reference import TorchLoss, nhwc_to_torch, torch_layers
 
 STYLE5 = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")

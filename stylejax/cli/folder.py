@@ -16,8 +16,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from stylejax import devices as dev
-from stylejax import images as imageio
+import stylejax.devices as dev
+import stylejax.images as imageio
 from stylejax.batch import stylize_batch
 from stylejax.cli.inputs import prepare_images
 from stylejax.cli.options import style_paths

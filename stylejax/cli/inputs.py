@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stylejax import images as imageio
+import stylejax.images as imageio
 from stylejax.cli.options import RunConfig
 from stylejax.errors import StylejaxError
 from stylejax.run import check_stages, stage_sizes

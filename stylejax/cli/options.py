@@ -7,12 +7,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from stylejax import colour
-from stylejax import images as imageio
+import stylejax.colour as colour
+import stylejax.images as imageio
 from stylejax.cli.serve import DEFAULT_PORT
 from stylejax.errors import StylejaxError
 from stylejax.execution import AUTO_CPU, CONVS, DTYPES, Execution
-from stylejax.losses import PRESETS, LossConfig, preset_config
+from stylejax.losses import LossConfig
+from stylejax.presets import PRESETS, preset_config
 from stylejax.solvers import OPTIMIZERS, SolverConfig, parse_precondition
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from flax import serialization
 from PIL import Image, ImageDraw
 
-from stylejax import images as imageio
+import stylejax.images as imageio
 from stylejax.cli.options import RunConfig
 from stylejax.errors import StylejaxError
 from stylejax.weights import atomic_write_bytes

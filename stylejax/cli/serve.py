@@ -36,7 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from urllib.parse import urlsplit
 
-from stylejax import images as imageio
+import stylejax.images as imageio
 from stylejax.errors import StylejaxError
 
 DEFAULT_PORT = 8765

@@ -18,18 +18,18 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from stylejax import images as imageio
-from stylejax import plan as memory_plan
-from stylejax.cli import folder
+import stylejax.images as imageio
+import stylejax.plan as memory_plan
+import stylejax.cli.folder as folder
 from stylejax.cli.exits import guarded
 from stylejax.cli.inputs import prepare_images, prepare_masks
 from stylejax.cli.options import RunConfig, build_parser, run_config, solver_config, style_paths
 from stylejax.cli.outputs import Outputs, StopOnSignal, identity
 from stylejax.cli.serve import Watch
-from stylejax.convert import cache_dir
+from stylejax.convert.downloads import cache_dir
 from stylejax.cpu.hostmem import keep_step_heap
 from stylejax.errors import StylejaxError
-from stylejax.losses import network_warning
+from stylejax.presets import network_warning
 from stylejax.run import stylize_epochs
 from stylejax.tiling import check_tile, default_overlap, tiled_epochs
 from stylejax.weights import load_vgg19
@@ -55,16 +55,22 @@ def tune_process(cache: Optional[Path] = None) -> None:
     warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
 
 
+def tiles(args, rc: RunConfig, shape):
+    """``(overlap, (th, tw))`` of a ``--tile`` run on an image of ``shape`` (H, W, ...), or
+    None without --tile; StylejaxError for a tile too small or a bad overlap."""
+    if not getattr(args, "tile", None):
+        return None
+    overlap = default_overlap(args.tile) if args.tile_overlap is None else args.tile_overlap
+    return overlap, check_tile(args.tile, overlap, *shape[:2], rc.loss.layers)
+
+
 def check_plan(args, rc: RunConfig, shape) -> bool:
     """The memory check, before any work: with ``--plan`` prints the plan and returns True
     (exit 0); otherwise raises StylejaxError if the run will not fit, else returns False.
     ``shape``: the prepared content image's (H, W, ...)."""
     h, w = shape[:2]
     scfg = solver_config(rc)
-    tile = None
-    if getattr(args, "tile", None):
-        overlap = default_overlap(args.tile) if args.tile_overlap is None else args.tile_overlap
-        tile = check_tile(args.tile, overlap, h, w, rc.loss.layers)
+    tile = (tiles(args, rc, shape) or (None, None))[1]
     if getattr(args, "plan", False):
         table = memory_plan.predict(rc.loss, scfg, h, w, tile, execution=rc.execution)
         print(memory_plan.format_plan(table, memory_plan.free_memory(), h, w, tile))
@@ -121,8 +127,7 @@ def _run(args, rc: RunConfig, watch: Optional[Watch] = None) -> int:
                   style_blend_weights=rc.style_blend_weights,
                   preserve_colors=rc.preserve_colors, execution=rc.execution)
     if args.tile:
-        overlap = default_overlap(args.tile) if args.tile_overlap is None else args.tile_overlap
-        th, tw = check_tile(args.tile, overlap, *content.shape[:2], rc.loss.layers)
+        overlap, (th, tw) = tiles(args, rc, content.shape)
         n = math.ceil(max(content.shape[0] - overlap, 1) / max(th - overlap, 1)) * \
             math.ceil(max(content.shape[1] - overlap, 1) / max(tw - overlap, 1))
         print(f"tiling: {tw}x{th} px tiles, overlap {overlap} px, about {n} tiles an epoch",

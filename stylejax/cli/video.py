@@ -25,13 +25,13 @@ from typing import Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from stylejax import images as imageio
+import stylejax.images as imageio
 from stylejax.cli.exits import guarded
 from stylejax.cli.options import _floats, _layers, _Parser, run_config, solver_config
 from stylejax.cli.stylize import tune_process
 from stylejax.errors import StylejaxError
 from stylejax.execution import CONVS, DTYPES, Execution
-from stylejax.losses import PRESETS, network_warning
+from stylejax.presets import PRESETS, network_warning
 from stylejax.run import check_stages, stage_sizes
 from stylejax.solvers import OPTIMIZERS, SolverConfig
 from stylejax.video import as_frames, video_epochs

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from stylejax.cpu import winograd
+import stylejax.cpu.winograd as winograd
 from stylejax.execution import Execution, as_execution, on_cpu
 from stylejax.layers import CHANNELS, LAYERS, check_layers, layer_input
 from stylejax.weights import CONV_SPECS, Vgg19
