@@ -16,7 +16,8 @@ from stylejax.presets import preset_config
 from stylejax.run import Epoch, StylizeResult, stylize, stylize_epochs
 from stylejax.solvers import SolverConfig, fresh_state, init_state, run_epoch
 from stylejax.tiling import TiledResult, stylize_tiled
-from stylejax.video import VideoResult, stylize_video, temporal_loss, warp
+from stylejax.temporal import temporal_loss, warp
+from stylejax.video import VideoResult, stylize_video
 from stylejax.vgg import LAYERS, extract_features
 from stylejax.weights import Vgg19, load_vgg19
 

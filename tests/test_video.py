@@ -16,7 +16,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter, map_coordinates
 
 import stylejax
-from stylejax import video
+from stylejax import temporal
 from conftest import REPO, xla_compiles
 
 cv2 = pytest.importorskip("cv2")
@@ -62,14 +62,14 @@ def test_warp_matches_scipy_bilinear_sampling():
     rng = np.random.default_rng(1)
     image = rng.uniform(0, 1, (9, 11, 3)).astype(np.float32)
     flow = rng.uniform(-4, 4, (9, 11, 2)).astype(np.float32)  # many samples leave the image
-    got = np.asarray(video.warp(image, flow))
+    got = np.asarray(temporal.warp(image, flow))
     # float32 bilinear weights against float64: a few ulps of values in [0, 1].
     np.testing.assert_allclose(got, numpy_warp(image, flow), rtol=0, atol=2e-6)
-    np.testing.assert_allclose(np.asarray(video.warp(image[None], flow))[0], got, atol=0)
+    np.testing.assert_allclose(np.asarray(temporal.warp(image[None], flow))[0], got, atol=0)
     inside = (np.mgrid[0:9, 0:11][1] + flow[..., 0] >= 0) & (
         np.mgrid[0:9, 0:11][1] + flow[..., 0] <= 10) & (
         np.mgrid[0:9, 0:11][0] + flow[..., 1] >= 0) & (np.mgrid[0:9, 0:11][0] + flow[..., 1] <= 8)
-    np.testing.assert_array_equal(np.asarray(video.valid_mask(flow)), inside)
+    np.testing.assert_array_equal(np.asarray(temporal.valid_mask(flow)), inside)
 
 
 def test_temporal_loss_value_and_gradients_match_numpy():
@@ -86,7 +86,7 @@ def test_temporal_loss_value_and_gradients_match_numpy():
         d = x[0].astype(np.float64) - numpy_warp(prev[0], flow)
         return np.sum(c[..., None] * d * d) / (h * w * 3)
 
-    value, (gx, gp) = jax.value_and_grad(video.temporal_loss, argnums=(0, 1))(x, prev, flow, c)
+    value, (gx, gp) = jax.value_and_grad(temporal.temporal_loss, argnums=(0, 1))(x, prev, flow, c)
     np.testing.assert_allclose(float(value), reference(x, prev), rtol=1e-5)
     omega = numpy_warp(prev[0], flow)
     np.testing.assert_allclose(np.asarray(gx)[0], 2 * c[..., None] * (x[0] - omega) / (h * w * 3),
@@ -107,7 +107,7 @@ def test_loss_gains_the_temporal_term_only_when_the_targets_carry_it(vgg, clip):
     x = jnp.asarray(clip[2])[None]
     plain = stylejax.loss_terms(vgg, x, targets, cfg)
     assert set(plain) == {"content", "style", "tv"}
-    warped, c = video.warp(clip[1][None], true_flows()[1][0]), np.ones((1, SIZE, SIZE, 1))
+    warped, c = temporal.warp(clip[1][None], true_flows()[1][0]), np.ones((1, SIZE, SIZE, 1))
     terms = stylejax.loss_terms(vgg, x, {**targets, "temporal": {"warped": warped,
                                                                  "weights": c}}, cfg)
     expected = 7.0 * np.mean((clip[2].astype(np.float64) - np.asarray(warped)[0]) ** 2)
@@ -138,7 +138,7 @@ def test_consistency_weights_match_the_rule():
     backward = np.zeros((h, w, 2), np.float32)
     forward[8:16, 6:14, 0] = 3.0   # frame k-1's square moves into frame k
     backward[8:16, 9:17, 0] = -3.0  # frame k's square came from 3 px to the left
-    c = np.asarray(video.consistency_weights(forward, backward))
+    c = np.asarray(temporal.consistency_weights(forward, backward))
     np.testing.assert_array_equal(c, numpy_consistency(forward, backward))
     assert c[2, 2] == 1 and c[12, 12] == 1  # background, square's inside
     assert c[12, 7] == 0  # uncovered background: the forward flow there points elsewhere
@@ -151,18 +151,18 @@ def test_flow_recovers_the_translation(clip, method):
     inner = (slice(None), slice(8, -8), slice(8, -8))  # away from the border the window left
     assert np.abs(backward[inner] - np.asarray(SHIFT)).max() < 0.5
     assert np.abs(forward[inner] + np.asarray(SHIFT)).max() < 0.5
-    c = np.asarray(video.consistency_weights(forward[0], backward[0]))
+    c = np.asarray(temporal.consistency_weights(forward[0], backward[0]))
     assert c[8:-8, 8:-8].mean() > 0.95  # a rigid translation is consistent
 
 
 def test_warp_by_the_true_flow_gives_the_next_frame(clip):
     forward, backward = true_flows()
     for k in range(1, FRAMES):
-        warped = np.asarray(video.warp(clip[k - 1], backward[k - 1]))
-        valid = np.asarray(video.valid_mask(backward[k - 1]))
+        warped = np.asarray(temporal.warp(clip[k - 1], backward[k - 1]))
+        valid = np.asarray(temporal.valid_mask(backward[k - 1]))
         assert valid.mean() > 0.9
         np.testing.assert_allclose(warped[valid], clip[k][valid], atol=1e-6)  # integer shift
-        c = np.asarray(video.consistency_weights(forward[k - 1], backward[k - 1]))
+        c = np.asarray(temporal.consistency_weights(forward[k - 1], backward[k - 1]))
         np.testing.assert_array_equal(c.astype(bool), valid)
 
 
@@ -170,8 +170,8 @@ def warped_difference(frames, flows):
     """Mean over frames k >= 2 of Σ c (x_k − warp(x_{k−1}))² / (3 Σ c)."""
     out = []
     for k in range(1, len(frames)):
-        c = np.asarray(video.consistency_weights(flows[0][k - 1], flows[1][k - 1]))
-        w = np.asarray(video.warp(frames[k - 1], flows[1][k - 1]))
+        c = np.asarray(temporal.consistency_weights(flows[0][k - 1], flows[1][k - 1]))
+        w = np.asarray(temporal.warp(frames[k - 1], flows[1][k - 1]))
         out.append(np.sum(c[..., None] * (frames[k] - w) ** 2) / (3 * c.sum()))
     return float(np.mean(out))
 

@@ -1,11 +1,13 @@
-"""``stylize_video.py INPUT STYLE --out DIR [flags]``: a video, frame by frame, each frame held
-to the previous one by the temporal loss (Ruder et al. 2016; `stylejax.video`).
+"""``stylize_video.py INPUT STYLE --out DIR [flags]``: a video, every frame held to its
+neighbours by the temporal loss (Ruder et al. 2016/2018; `stylejax.video`).
 
 INPUT is a video file (anything FFmpeg reads through PyAV: mp4, mov, webm, gif, ...) or a
-folder of frames (sorted by name). Writes DIR/frames/00001.png, ... as each frame finishes,
-DIR/losses.csv and DIR/losses.json (one row per frame), DIR/flow/*.npz (the optical flows,
-reused by a later run on the same frames) and, at the end, DIR/<stem>.mp4 (H.264, yuv420p,
-the input's frame rate). Every file is written atomically.
+folder of frames (sorted by name). Writes DIR/frames/00001.png, ... (as each frame finishes,
+or after each pass in multipass mode), DIR/losses.csv and DIR/losses.json (a row per frame
+and pass), DIR/flow/*.npz (the optical flows, reused by a later run on the same frames),
+DIR/progress.json and DIR/state/ (what --resume continues from) and, at the end,
+DIR/<stem>.mp4 (H.264, yuv420p, the input's frame rate, its audio with --keep-audio). Every
+file is written atomically.
 """
 
 from __future__ import annotations
@@ -26,22 +28,22 @@ import numpy as np
 from tqdm import tqdm
 
 import stylejax.images as imageio
+import stylejax.multipass as multipass
+from stylejax.cli import media
 from stylejax.cli.exits import guarded
-from stylejax.cli.options import _floats, _layers, _Parser, run_config, solver_config
+from stylejax.cli.options import _floats, _ints, _layers, _Parser, run_config, solver_config
+from stylejax.cli.outputs import StopOnSignal
 from stylejax.cli.stylize import tune_process
+from stylejax.clip import FrameFlows, as_frames, check_offsets
 from stylejax.errors import StylejaxError
 from stylejax.execution import CONVS, DTYPES, Execution
 from stylejax.presets import PRESETS, network_warning
 from stylejax.run import check_stages, stage_sizes
 from stylejax.solvers import OPTIMIZERS, SolverConfig
-from stylejax.video import as_frames, video_epochs
+from stylejax.video import MODES, default_mode, video_epochs
 from stylejax.weights import atomic_write_bytes, load_vgg19
 
-try:  # the `video` extra: PyAV (FFmpeg) and OpenCV
-    import av
-except ImportError:
-    av = None
-try:
+try:  # the `video` extra: OpenCV
     from stylejax import flow as optflow
 except ImportError:
     optflow = None
@@ -49,46 +51,77 @@ except ImportError:
 # artistic-videos' default temporal weight, 1e3 on the 0-255 image's mean squared difference,
 # is 1e3 · 255² on our [0, 1] image; chosen for the johnson preset's loss scale.
 DEFAULT_TEMPORAL_WEIGHT = 1e3 * 255.0 ** 2
-DEFAULT_FPS = 25
-VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif")
-ENCODERS = ("libx264", "h264", "libopenh264")
+PROGRESS = "progress.json"
+LOG_FIELDS = ["frame", "pass", "file", "loss", "seconds", "consistent"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="stylize_video.py", description=(
-        "Neural style transfer for videos (Ruder et al. 2016): each frame is stylized in "
-        "turn, starting from the previous result warped by the optical flow, with a temporal "
-        "loss that keeps consecutive frames consistent. Keeps compiled programs in a cache "
-        "and sets malloc thresholds for its own process, as stylize.py does."))
+        "Neural style transfer for videos (Ruder et al. 2016/2018): every frame is held to "
+        "its neighbours, warped by the optical flow, by a temporal loss. sequential: frame "
+        "after frame, each starting from the previous one warped; multipass: all frames "
+        "together, pass after pass. Keeps compiled programs in a cache and sets malloc "
+        "thresholds for its own process, as stylize.py does."))
     p.add_argument("input", help="a video file (mp4, mov, webm, gif, ...) or a folder of "
                                  "frames (sorted by name; one size)")
     p.add_argument("style", nargs="+", help="style image(s)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--mode", choices=MODES, help="sequential (default on CPU) or multipass "
+                                                 "(default on GPU/TPU)")
     p.add_argument("--temporal-weight", type=float, default=DEFAULT_TEMPORAL_WEIGHT,
                    help="weight of the temporal loss (default 1e3·255², artistic-videos' "
                         "1e3 on our [0, 1] pixels; 0: no temporal term)")
+    p.add_argument("--long-term", type=_ints, default=(1,), metavar="J,J,...",
+                   help="hold each frame to the frames this many apart (default 1: the "
+                        "neighbour; the paper's long-term choice: 1,2,4)")
+    p.add_argument("--passes", type=int, default=multipass.PASSES,
+                   help=f"multipass: passes over the clip (default {multipass.PASSES}), "
+                        "each --max-iter iterations")
+    p.add_argument("--temporal-from", type=int, metavar="PASS",
+                   help="multipass: first pass with the temporal loss (default: the second "
+                        "half of the passes, the paper's 8 of 15)")
+    p.add_argument("--blend", type=float, default=1.0,
+                   help="multipass: weight δ of the warped neighbour in each pass's start "
+                        "(default 1)")
+    p.add_argument("--chunk", type=int, metavar="N",
+                   help="multipass: frames per program (default: as many as fit in memory, "
+                        f"at most {multipass.MAX_CHUNK})")
+    p.add_argument("--shard", choices=("auto", "batch", "none"), default="auto",
+                   help="multipass: spread each chunk's frames over the devices (auto: "
+                        "when there are several)")
     p.add_argument("--flow", choices=("dis-medium", "dis-fine", "farneback"),
                    default="dis-medium", help="optical flow (OpenCV; default dis-medium)")
-    p.add_argument("--fps", type=float, help=f"frame rate of the output video for a folder "
-                                             f"of frames (default {DEFAULT_FPS}); a video "
-                                             "keeps its own")
-    p.add_argument("--frames", type=int, metavar="N", help="only the first N frames")
+    p.add_argument("--fps", type=float, help="frame rate of the output (default: the input "
+                                             f"video's; {media.DEFAULT_FPS} for a folder of "
+                                             "frames, whose --start/--end it also times)")
+    p.add_argument("--start", type=float, metavar="S", help="first second to stylize")
+    p.add_argument("--end", type=float, metavar="S", help="second to stop at (exclusive)")
+    p.add_argument("--frames", type=int, metavar="N", help="at most N frames")
+    p.add_argument("--keep-audio", action="store_true",
+                   help="copy the input's audio (the stylized span) into the video")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out from its last finished frame "
+                        "(sequential) or pass (multipass); same command otherwise")
     p.add_argument("--weights", help="converted VGG-19 (default: $STYLEJAX_WEIGHTS or "
                                      "weights/vgg19.msgpack)")
     p.add_argument("--preset", default="johnson", help=f"one of {', '.join(PRESETS)} "
                                                        "(default: johnson)")
     p.add_argument("--size", type=int, help="frame size in px (long side; seed: short side)")
-    p.add_argument("--epochs", type=int, help="epochs (compiled solver calls) per frame")
-    p.add_argument("--max-iter", type=int, help="solver iterations per epoch")
+    p.add_argument("--epochs", type=int, help="sequential: epochs (compiled solver calls) "
+                                              "per frame")
+    p.add_argument("--max-iter", type=int, help="solver iterations per epoch (sequential) "
+                                                "or per pass (multipass)")
     p.add_argument("--lr", type=float)
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=SolverConfig.kind)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=SolverConfig.kind,
+                   help="sequential: any; multipass: lbfgs")
     p.add_argument("--lbfgs-history", type=int, default=SolverConfig.history)
     p.add_argument("--init", choices=("content", "noise"), default="content",
-                   help="how the first frame starts (later frames: the previous one warped)")
+                   help="how the first frame (sequential) or pass (multipass) starts")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--content-weight", type=float)
     p.add_argument("--style-weight", type=float)
     p.add_argument("--tv-weight", type=float)
+    p.add_argument("--pooling", choices=("max", "avg"))
     p.add_argument("--content-layers", type=_layers)
     p.add_argument("--style-layers", type=_layers)
     p.add_argument("--style-layer-weights", type=_floats)
@@ -98,15 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conv", choices=CONVS, default=Execution.conv)
     p.add_argument("--max-pixels", type=int, default=imageio.DEFAULT_MAX_PIXELS)
     # stylize.py's flags that a video run does not take: fixed here so run_config reads them.
-    p.set_defaults(style_images=None, pooling=None, snapshot_every=None,
-                   preserve_colors="none", scales=None, precondition=0.0, style_masks=None,
-                   content_mask=None)
+    p.set_defaults(style_images=None, snapshot_every=None, preserve_colors="none",
+                   scales=None, precondition=0.0, style_masks=None, content_mask=None)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``stylize_video.py INPUT STYLE --out DIR [flags]``; returns the exit status."""
-    return guarded(_main, argv, "the frames written so far are kept.")
+    return guarded(_main, argv, "the frames written so far are kept (run the same command "
+                                "with --resume to continue).")
 
 
 def _need(module, what: str):
@@ -114,95 +147,6 @@ def _need(module, what: str):
         raise StylejaxError(f"{what} needs the video extra: pip install 'stylejax[video]' "
                             "(opencv-python-headless and av).")
     return module
-
-
-def read_video(path: Path, limit: Optional[int], max_pixels: int):
-    """(frames [T, H, W, 3] float32 in [0, 1], fps as a Fraction or None) of a video file."""
-    _need(av, "Reading a video file")
-    frames = []
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            fps = stream.average_rate or stream.guessed_rate
-            for frame in container.decode(stream):
-                if frame.width * frame.height > max_pixels:
-                    raise StylejaxError(f"{path} has {frame.width}x{frame.height} px frames, "
-                                        f"more than --max-pixels {max_pixels}.")
-                frames.append(frame.to_ndarray(format="rgb24").astype(np.float32) / 255.0)
-                if limit and len(frames) >= limit:
-                    break
-    except (av.FFmpegError, IndexError, OSError) as e:
-        raise StylejaxError(f"Cannot read the video {path}: {e}.") from None
-    if not frames:
-        raise StylejaxError(f"{path} holds no video frames.")
-    return frames, (Fraction(fps).limit_denominator(1001) if fps else None)
-
-
-def read_folder(path: Path, limit: Optional[int], max_pixels: int):
-    """The frames of a folder of images, sorted by name; refuses mixed sizes."""
-    files = sorted(p for p in path.iterdir()
-                   if p.is_file() and p.suffix.lower() in imageio.IMAGE_SUFFIXES)
-    if not files:
-        raise StylejaxError(f"{path} holds no images ({', '.join(imageio.IMAGE_SUFFIXES)}): "
-                            "put the video's frames there.")
-    files = files[:limit] if limit else files
-    frames = [imageio.load_image(f, max_pixels) for f in files]
-    for f, img in zip(files, frames):
-        if img.shape != frames[0].shape:
-            raise StylejaxError(
-                f"Frame {f.name} is {img.shape[1]}x{img.shape[0]} px but {files[0].name} is "
-                f"{frames[0].shape[1]}x{frames[0].shape[0]} px: every frame must have one "
-                "size.")
-    return frames
-
-
-def read_input(path, limit: Optional[int], max_pixels: int):
-    """(frames list of [H, W, 3], fps Fraction or None, stem) from a video file or a folder."""
-    path = Path(path)
-    if path.is_dir():
-        return read_folder(path, limit, max_pixels), None, path.resolve().name
-    if not path.is_file():
-        raise StylejaxError(f"{path} does not exist: give a video file or a folder of frames.")
-    if path.suffix.lower() not in VIDEO_SUFFIXES:
-        raise StylejaxError(f"{path} is not a video ({', '.join(VIDEO_SUFFIXES)}) or a "
-                            "folder of frames.")
-    frames, fps = read_video(path, limit, max_pixels)
-    return frames, fps, path.stem
-
-
-def encoder() -> Optional[str]:
-    """The first H.264 encoder PyAV has, or None."""
-    if av is None:
-        return None
-    for name in ENCODERS:
-        try:
-            av.Codec(name, "w")
-            return name
-        except (ValueError, av.FFmpegError):
-            continue
-    return None
-
-
-def write_video(path: Path, frames, fps: Fraction, codec: str) -> None:
-    """``frames`` [T, H, W, 3] in [0, 1] as H.264 yuv420p at ``fps``, atomically; an odd
-    width or height loses its last column or row (yuv420p needs even sizes)."""
-    t, h, w = frames.shape[:3]
-    h2, w2 = h - h % 2, w - w % 2
-    tmp = path.with_name(f".{path.name}.tmp.mp4")
-    try:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream(codec, rate=fps)
-            stream.width, stream.height, stream.pix_fmt = w2, h2, "yuv420p"
-            stream.options = {"crf": "18"} if codec == "libx264" else {}
-            for image in frames:
-                frame = av.VideoFrame.from_ndarray(
-                    np.ascontiguousarray(imageio.to_uint8(image[:h2, :w2])), format="rgb24")
-                container.mux(stream.encode(frame))
-            container.mux(stream.encode())
-        tmp.replace(path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class FlowCache:
@@ -229,81 +173,265 @@ class FlowCache:
         return flow
 
 
-def write_log(out: Path, rows: list) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, ["frame", "file", "loss", "seconds", "consistent"])
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(out / "losses.csv", buf.getvalue().encode())
-    atomic_write_bytes(out / "losses.json", json.dumps(rows, indent=1).encode())
+def _check(args) -> None:
+    checks = [(args.frames is None or args.frames >= 1, f"--frames must be >= 1, got {args.frames}"),
+              (args.fps is None or args.fps > 0, f"--fps must be > 0, got {args.fps}"),
+              (args.temporal_weight >= 0, f"--temporal-weight must be >= 0, got "
+                                          f"{args.temporal_weight}"),
+              (args.passes >= 1, f"--passes must be >= 1, got {args.passes}"),
+              (args.temporal_from is None or args.temporal_from >= 1,
+               f"--temporal-from must be >= 1, got {args.temporal_from}"),
+              (args.blend >= 0, f"--blend must be >= 0, got {args.blend}"),
+              (args.chunk is None or args.chunk >= 1, f"--chunk must be >= 1, got {args.chunk}")]
+    for ok, message in checks:
+        if not ok:
+            raise StylejaxError(message + ".")
+    check_offsets(args.long_term)
+
+
+def identity(args, rc, mode: str, frames: np.ndarray) -> dict:
+    """What a run's progress must share with the command that resumes it: the settings that
+    change the result, and the frames and style files themselves."""
+    ident = dataclasses.asdict(rc)
+    for key in ("snapshot_every", "execution"):  # speed, not result (float rounding)
+        ident.pop(key)
+    ident.update(mode=mode, temporal_weight=args.temporal_weight, flow=args.flow,
+                 long_term=sorted(args.long_term))
+    if mode == "multipass":
+        ident.update(passes=args.passes, temporal_from=args.temporal_from, blend=args.blend)
+        ident.pop("epochs")
+    ident["frames"] = hashlib.sha256(np.ascontiguousarray(frames).tobytes()).hexdigest()
+    ident["styles"] = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in args.style]
+    return json.loads(json.dumps(ident))
+
+
+class Progress:
+    """The run's files in ``out``: frames/, losses.csv/json, progress.json and state/ (the
+    float results --resume continues from), all written atomically, in that order, so the
+    record never names a frame or state that is not on disk."""
+
+    def __init__(self, out: Path, ident: dict, mode: str, shape: tuple, total: int):
+        self.out, self.identity, self.mode = out, ident, mode
+        self.shape, self.total = tuple(shape), total  # frames' [T, H, W, 3]; frames or passes
+        self.log: list = []
+        self.done = 0
+
+    def frame_file(self, k: int) -> str:
+        return f"frames/{k + 1:05d}.png"
+
+    def _record(self) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(self.log)
+        atomic_write_bytes(self.out / "losses.csv", buf.getvalue().encode())
+        atomic_write_bytes(self.out / "losses.json", json.dumps(self.log, indent=1).encode())
+        atomic_write_bytes(self.out / PROGRESS, json.dumps(
+            {"format": "stylejax-video-progress", "version": 1, "mode": self.mode,
+             "done": self.done, "identity": self.identity, "log": self.log}).encode())
+
+    def _save_state(self, name: str, array) -> None:
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(array, np.float32), allow_pickle=False)
+        atomic_write_bytes(self.out / "state" / name, buf.getvalue())
+
+    def frame(self, k: int, image, rows: list) -> None:
+        """Sequential: frame ``k`` (0-based) is finished; ``image`` [H, W, 3]."""
+        imageio.save_image(self.out / self.frame_file(k), image[None])
+        self._save_state(f"{k + 1:05d}.npy", image)
+        self.log += rows
+        self.done = k + 1
+        self._record()
+
+    def finished_pass(self, number: int, images, rows: list) -> None:
+        """Multipass: pass ``number`` is finished; ``images`` [T, H, W, 3]."""
+        for k, image in enumerate(images):
+            imageio.save_image(self.out / self.frame_file(k), image[None])
+        self._save_state("passes.npy", images)
+        self.log += rows
+        self.done = number
+        self._record()
+
+    def resume(self):
+        """Reads progress.json (checked against this run) and the state; returns (done,
+        results): [done, H, W, 3] finished frames (sequential) or [T, H, W, 3] after the
+        last finished pass (multipass; None if none). A finished run's results are read
+        back from frames/ (its state is deleted once the video is written)."""
+        path = self.out / PROGRESS
+        if not path.is_file():
+            raise StylejaxError(f"Nothing to resume: {path} does not exist (run without "
+                                "--resume to start afresh).")
+        try:
+            record = json.loads(path.read_text())
+            done, ident, log = int(record["done"]), record["identity"], list(record["log"])
+            if done >= self.total:
+                results = as_frames([imageio.load_image(self.out / self.frame_file(k))
+                                     for k in range(self.shape[0])])
+            elif done and self.mode == "sequential":
+                results = np.stack([np.load(self.out / "state" / f"{k + 1:05d}.npy")
+                                    for k in range(done)])
+            else:
+                results = np.load(self.out / "state" / "passes.npy") if done else None
+        except (OSError, ValueError, KeyError, TypeError, StylejaxError):
+            raise StylejaxError(f"The progress in {self.out} is damaged or incomplete: start "
+                                "afresh without --resume, or use another --out.") from None
+        if ident != self.identity:
+            changed = sorted(k for k in set(ident) | set(self.identity)
+                             if ident.get(k) != self.identity.get(k))
+            raise StylejaxError(
+                f"The run in {self.out} was made with other settings or frames "
+                f"({', '.join(changed)} differ): resume with the original command, or use "
+                "another --out.")
+        if results is not None and results.shape[1:] != self.shape[1:]:
+            raise StylejaxError(f"The state in {self.out} does not fit these frames: start "
+                                "afresh without --resume.")
+        self.log, self.done = log, done
+        return done, results
+
+    def clean(self) -> None:
+        """Deletes state/ (the finished run's float results; frames/ keeps them)."""
+        for path in (self.out / "state").glob("*.npy"):
+            path.unlink()
 
 
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
-    if args.frames is not None and args.frames < 1:
-        raise StylejaxError(f"--frames must be >= 1, got {args.frames}.")
-    if args.fps is not None and not args.fps > 0:
-        raise StylejaxError(f"--fps must be > 0, got {args.fps}.")
-    if not args.temporal_weight >= 0:
-        raise StylejaxError(f"--temporal-weight must be >= 0, got {args.temporal_weight}.")
+    _check(args)
     rc = run_config(args)
     _need(optflow, "Optical flow")
+    mode = args.mode or default_mode()
+    if mode == "multipass" and rc.optimizer != "lbfgs":
+        raise StylejaxError("--mode multipass runs L-BFGS: drop --optimizer, or use --mode "
+                            "sequential.")
     tune_process()
     # Everything is read and checked before anything is written.
-    raw, fps, stem = read_input(args.input, args.frames, args.max_pixels)
-    h, w = imageio.fit_size(*raw[0].shape[:2], rc.size, rc.edge)
-    frames = as_frames([imageio.resize(f, h, w) for f in raw])
-    del raw
+    clip = media.read_input(args.input, args.frames, args.max_pixels, args.start, args.end,
+                            args.fps or media.DEFAULT_FPS)
+    h, w = imageio.fit_size(*clip.frames[0].shape[:2], rc.size, rc.edge)
+    frames = as_frames([imageio.resize(f, h, w) for f in clip.frames])
     styles = [imageio.load_image(p, args.max_pixels) for p in args.style]
     styles = [imageio.resize(s, h, w) if rc.style_to_content_size else imageio.resize(
         s, *imageio.fit_size(*s.shape[:2], max(1, round(max(h, w) * rc.style_scale)), "long"))
         for s in styles]
     check_stages(frames.shape[1:], [s.shape for s in styles], stage_sizes(h, w), rc.loss.layers,
                  None, " (raise --size or --style-scale)")
-    fps = Fraction(args.fps).limit_denominator(1001) if args.fps else fps
+    fps = Fraction(args.fps).limit_denominator(1001) if args.fps else clip.fps
     if fps is None:
-        fps = Fraction(DEFAULT_FPS)
-        print(f"note: no frame rate given; the video is written at {DEFAULT_FPS} fps "
+        fps = Fraction(media.DEFAULT_FPS)
+        print(f"note: no frame rate given; the video is written at {media.DEFAULT_FPS} fps "
               "(set --fps).", file=sys.stderr)
-    codec = encoder()
+    codec = media.encoder()
     if codec is None:
         print("note: no H.264 encoder (PyAV with libx264) here: writing PNG frames only.",
               file=sys.stderr)
+    if args.keep_audio and clip.source is None:
+        print("note: a folder of frames has no audio to keep.", file=sys.stderr)
     vgg = load_vgg19(args.weights)
     warning = network_warning(args.preset, vgg.normalized)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
+    total = len(frames) if mode == "sequential" else args.passes
+    progress = Progress(Path(args.out), identity(args, rc, mode, frames), mode, frames.shape,
+                        total)
+    done, results = progress.resume() if args.resume else (0, None)
     out = imageio.ensure_writable_dir(args.out)
     cfg = dataclasses.replace(rc.loss, temporal_weight=args.temporal_weight)
-    flows = FlowCache(out / "flow", args.flow)
-    steps = video_epochs(vgg, frames, styles, cfg, solver_config(rc), epochs=rc.epochs,
-                         flow=flows, init=rc.init, seed=rc.seed,
-                         style_blend_weights=rc.style_blend_weights, execution=rc.execution)
-    results = np.zeros_like(frames)
-    rows = []
-    bar = tqdm(total=len(frames), unit="frame", file=sys.stderr, dynamic_ncols=True)
+    flows = FrameFlows(frames, FlowCache(out / "flow", args.flow), args.long_term)
     clock = time.perf_counter()
     try:
-        for step in steps:
-            bar.set_postfix_str(f"epoch {step.epoch}/{rc.epochs}, loss {step.loss:.4g}")
-            if not step.last_of_scale:
-                continue
-            name = f"{step.frame + 1:05d}.png"
-            results[step.frame] = step.image[0]
-            imageio.save_image(out / "frames" / name, step.image)
-            now = time.perf_counter()
-            rows.append({"frame": step.frame + 1, "file": f"frames/{name}", "loss": step.loss,
-                         "seconds": now - clock, "consistent": step.weights})
-            clock = now
-            write_log(out, rows)
-            bar.update(1)
+        if done < total:
+            stopped, results = _stylize(mode, args, rc, vgg, frames, styles, cfg, flows,
+                                        progress, done, results)
+            if stopped:
+                print(f"error: stopped by {stopped} after {_unit(mode, progress.done)}; "
+                      f"the frames so far are in {out / 'frames'}: run the same command with "
+                      "--resume to continue.", file=sys.stderr)
+                return 130
     finally:
-        bar.close()
+        flows.close()
+    seconds = time.perf_counter() - clock
+    if flows.seconds:
+        print(f"optical flow: {flows.seconds:.1f} s on a worker thread, {flows.waited:.1f} s "
+              f"of it waited for ({100 * flows.waited / max(seconds, 1e-9):.0f}% of the "
+              f"{seconds:.1f} s run)", file=sys.stderr)
     if codec is None:
+        progress.clean()
         print(f"wrote {len(frames)} frames to {out / 'frames'} (no video: no H.264 encoder)")
         return 0
-    video = out / f"{stem}.mp4"
-    write_video(video, results, fps, codec)
-    print(f"wrote {video} ({len(frames)} frames, {w}x{h} px, {float(fps):g} fps) and "
-          f"{out / 'frames'}")
+    video = out / f"{clip.stem}.mp4"
+    audio = media.write_video(video, results, fps, codec,
+                              clip.source if args.keep_audio else None, clip.start)
+    progress.clean()
+    print(f"wrote {video} ({len(frames)} frames, {w}x{h} px, {float(fps):g} fps"
+          + (f", audio {audio}" if args.keep_audio and clip.source is not None else "")
+          + f") and {out / 'frames'}")
     return 0
+
+
+def _unit(mode: str, n: int) -> str:
+    what = "frame" if mode == "sequential" else "pass"
+    return f"{n} finished {what}{'' if n == 1 else ('s' if what == 'frame' else 'es')}"
+
+
+def _stylize(mode, args, rc, vgg, frames, styles, cfg, flows, progress, done, results):
+    """Runs the mode's loop from ``done``, writing as frames or passes finish; returns
+    (the signal that stopped it or None, the results [T, H, W, 3] so far)."""
+    t = len(frames)
+    scfg = solver_config(rc)
+    common = dict(init=rc.init, seed=rc.seed, style_blend_weights=rc.style_blend_weights,
+                  execution=rc.execution)
+    if mode == "sequential":
+        steps = video_epochs(vgg, frames, styles, cfg, scfg, epochs=rc.epochs, flows=flows,
+                             resume=results, **common)
+        bar = tqdm(total=t, initial=done, unit="frame", file=sys.stderr, dynamic_ncols=True)
+    else:
+        steps = multipass.multipass(
+            vgg, frames, styles, cfg, scfg, passes=args.passes, flows=flows,
+            temporal_from=args.temporal_from, blend=args.blend, chunk=args.chunk,
+            shard=args.shard, resume=(done, results) if done else None, **common)
+        bar = tqdm(total=t * args.passes, initial=done * t, unit="frame", file=sys.stderr,
+                   dynamic_ncols=True)
+    out = np.zeros_like(frames) if results is None else np.array(results)
+    out = out if len(out) == t else np.concatenate([out, np.zeros_like(frames[len(out):])])
+    rows, clock, stopped = [], time.perf_counter(), None
+    try:
+        with StopOnSignal() as stop:
+            for step in steps:
+                if mode == "sequential":
+                    bar.set_postfix_str(f"epoch {step.epoch}/{rc.epochs}, loss {step.loss:.4g}")
+                    if not step.last_of_scale:
+                        continue
+                    now = time.perf_counter()
+                    out[step.frame] = step.image[0]
+                    progress.frame(step.frame, step.image[0], [{
+                        "frame": step.frame + 1, "pass": "", "file":
+                        progress.frame_file(step.frame), "loss": step.loss,
+                        "seconds": now - clock, "consistent": step.weights}])
+                    bar.update(1)
+                else:
+                    now = time.perf_counter()
+                    bar.set_postfix_str(f"pass {step.number}/{step.passes} "
+                                        f"{'forward' if step.direction > 0 else 'backward'}"
+                                        f"{', temporal' if step.temporal else ''}, loss "
+                                        f"{np.nanmean(step.losses):.4g}")
+                    bar.update(len(step.frames))
+                    rows += [{"frame": k + 1, "pass": step.number,
+                              "file": progress.frame_file(k), "loss": float(step.losses[k]),
+                              "seconds": (now - clock) / len(step.frames), "consistent": ""}
+                             for k in step.frames]
+                    if not step.last_of_pass:
+                        clock = now
+                        continue
+                    out[:] = step.images
+                    progress.finished_pass(step.number, step.images,
+                                           sorted(rows, key=lambda r: r["frame"]))
+                    rows = []
+                clock = now
+                stopped = stop.requested  # read once, after the bookkeeping
+                if stopped:
+                    break
+    finally:
+        bar.close()
+    return stopped, out
+
+
