@@ -349,6 +349,14 @@ def _region_targets(masks, weights, grams, layers):
 def _terms(vgg, image, targets, cfg, execution):
     x = _as_batch(image)
     feats = extract_features(vgg, x, cfg.layers, cfg.pooling, as_execution(execution))
+    return feature_terms(feats, x, targets, cfg)
+
+
+def feature_terms(feats: dict, x, targets: dict, cfg: LossConfig) -> dict:
+    """`loss_terms` from the VGG features ``feats`` ({layer: [N, h, w, C]}, `extract_features`
+    of ``cfg.layers``) of the image ``x`` [N, H, W, 3]: for callers that run the network
+    once over many images and weigh each image's terms themselves (`jax.vmap` this over
+    images, each with its own targets)."""
     content = sum(w * content_term(feats[name], targets["content"][name], cfg.normalization)
                   for name, w in zip(cfg.content_layers, cfg.content_weights))
     style = 0.0

@@ -151,3 +151,26 @@ def test_time_to_loss_with_a_coarse_start_runs_both_sizes(vgg, monkeypatch):
     plain = bench.time_to_loss(vgg, content, style, **kwargs)
     assert epochs == [(32, 32)]
     assert np.isfinite(coarse["loss"]) and coarse["loss"] != plain["loss"]
+
+
+def test_video_benchmark_reports_both_modes_and_the_flow(tmp_path):
+    """bench_video.py at a toy size: a row per mode, each with a positive rate; the flow's
+    seconds and the part waited for are consistent; frames per hour match s/frame."""
+    import json
+    import subprocess
+
+    out = tmp_path / "video.json"
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_video.py"), "--size",
+                        "64", "--frames", "3", "--iterations", "4", "--passes", "2", "--json",
+                        str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = json.loads(out.read_text())
+    rows = {row["mode"]: row for row in data["rows"]}
+    assert set(rows) == {"flow alone", "sequential, flows given", "sequential, flow ahead",
+                         "multipass"}
+    for row in rows.values():
+        assert row["steady_s_per_frame"] > 0 and 0 <= row["flow_waited_s"] <= row["flow_s"]
+        assert abs(row["frames_per_hour"] * row["steady_s_per_frame"] - 3600) < 1e-6 * 3600
+    assert rows["sequential, flow ahead"]["flow_s"] > 0  # it did compute the flows itself
+    assert rows["sequential, flows given"]["flow_s"] == 0
+    assert 0 < data["flow_share_serial"] < 1 and data["multipass_vs_sequential"] > 0

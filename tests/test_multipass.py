@@ -148,33 +148,61 @@ def test_multipass_resumes_where_it_stopped(vgg, clip, style):
     np.testing.assert_array_equal(resumed[-1], straight[-1])
 
 
-FOUR_DEVICES = """
-import json, os, numpy as np, jax, stylejax
+TWO_DEVICES = """
+import json, os, numpy as np, jax, jax.numpy as jnp, stylejax
+from stylejax import devices as dev, multipass
 from test_video import true_flows
 d = np.load(os.environ["CLIP"])
 vgg = stylejax.load_vgg19(os.environ["WEIGHTS"])
-r = stylejax.stylize_video(vgg, d["clip"], d["style"], stylejax.preset_config("johnson"),
-                           flow=true_flows(len(d["clip"])), temporal_weight=1e7,
+cfg = stylejax.preset_config("johnson", temporal_weight=1e7)
+r = stylejax.stylize_video(vgg, d["clip"], d["style"], cfg, flow=true_flows(len(d["clip"])),
                            mode="multipass", passes=4, max_iter=3, temporal_from=2, chunk=4)
-np.savez(os.environ["OUT"], frames=r.frames, losses=np.array(r.losses))
-print(json.dumps({"devices": len(jax.devices())}))
+# One evaluation of a chunk's objective and its gradient, frames split over the devices or not.
+rng = np.random.default_rng(0)
+x = rng.uniform(0, 1, (4, 1, 64, 64, 3)).astype(np.float32)
+own = stylejax.make_targets(vgg, d["clip"][0], d["style"], cfg)
+targets = {**jax.tree.map(lambda a: np.stack([a] * 4), own), "live": np.ones(4, np.float32),
+           "couple": {"frame": np.array([[-1], [0], [1], [2]], np.int32),
+                      "flow": rng.uniform(-2, 2, (4, 1, 64, 64, 2)).astype(np.float32),
+                      "warped": rng.uniform(0, 1, (4, 1, 64, 64, 3)).astype(np.float32),
+                      "weights": np.ones((4, 1, 64, 64, 1), np.float32)}}
+def objective(mesh):
+    def f(x, t):
+        x, t = dev.constrain((x, t), mesh)
+        return jnp.sum(multipass.frame_losses(vgg, x, t, cfg))
+    return jax.jit(jax.value_and_grad(f))
+mesh = dev.make_mesh("batch", 4)
+v2, g2 = objective(mesh)(*dev.place((x, targets), mesh))
+v1, g1 = objective(None)(x, targets)
+np.savez(os.environ["OUT"], frames=r.frames, losses=np.array(r.losses), v1=v1, v2=v2, g1=g1,
+         g2=dev.to_host(g2))
+print(json.dumps({"devices": len(jax.devices()), "shards": [list(s.data.shape)
+                  for s in g2.addressable_shards]}))
 """
 
 
 def test_two_devices_equal_one(tmp_path, weights_path, vgg, clip, style):
-    """A pass's frames split over 2 simulated devices (XLA partitions the program) give
-    each frame's loss within 1e-3 and its pixels within 1e-3 on average of one device."""
+    """A chunk's frames split over 2 simulated devices (XLA partitions the program): the
+    objective and its gradient equal one device's (1e-5, 1e-4: float32 sums in another order),
+    and a whole run's frames agree as float rounding lets them. Measured for scale: one
+    device's direct against Winograd convolutions moves the final losses 0.5% and the pixels
+    1.2e-3 on average (L-BFGS amplifies rounding); chunks of 4 against 5 frames, a real
+    change of algorithm, 8% and 4.2e-3. Asserted: 1e-2 and 2e-3."""
     np.savez(tmp_path / "clip.npz", clip=clip, style=style)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
            "WEIGHTS": str(weights_path), "CLIP": str(tmp_path / "clip.npz"),
            "OUT": str(tmp_path / "two.npz"),
            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
-    r = subprocess.run([sys.executable, "-c", FOUR_DEVICES], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", TWO_DEVICES], capture_output=True, text=True,
                        env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads(r.stdout.strip().splitlines()[-1])["devices"] == 2
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    assert info["devices"] == 2 and info["shards"] == [[2, 1, 64, 64, 3]] * 2
     two = np.load(tmp_path / "two.npz")
+    np.testing.assert_allclose(two["v2"], two["v1"], rtol=1e-5)
+    scale = np.abs(two["g1"]).max()
+    np.testing.assert_allclose(two["g2"], two["g1"], rtol=1e-4, atol=1e-5 * scale)
     one = stylejax.stylize_video(vgg, clip, style, stylejax.preset_config("johnson"),
                                  flow=true_flows(FRAMES), temporal_weight=1e7, chunk=4, **RUN)
-    np.testing.assert_allclose(two["losses"], one.losses, rtol=1e-3)
-    assert np.abs(two["frames"] - one.frames).mean() <= 1e-3
+    np.testing.assert_allclose(two["losses"], one.losses, rtol=1e-2)
+    assert np.abs(two["frames"] - one.frames).mean() <= 2e-3

@@ -66,7 +66,7 @@ class Clip:
     source: Optional[Path] = None
 
 
-def _need(module, what: str):
+def need_extra(module, what: str):
     if module is None:
         raise StylejaxError(f"{what} needs the video extra: pip install 'stylejax[video]' "
                             "(opencv-python-headless and av).")
@@ -109,7 +109,7 @@ def read_video(path, limit: Optional[int] = None,
     FFmpeg cannot read past some frame is refused, naming the frame, rather than read as a
     silently shorter clip; ``--end`` before the damage reads what is there.
     """
-    _need(av, "Reading a video file")
+    need_extra(av, "Reading a video file")
     path = Path(path)
     start, end = check_range(start, end)
     try:
@@ -257,7 +257,7 @@ def write_video(path, frames, fps: Fraction, codec: str, audio_from=None,
     the span and encoded as AAC (mono stays mono, more channels become stereo). Returns what
     happened to the audio; `Audio.NONE` without ``audio_from`` or audio in the span.
     """
-    _need(av, "Writing a video")
+    need_extra(av, "Writing a video")
     path, frames = Path(path), np.asarray(frames)
     span = (float(audio_start), float(audio_start) + len(frames) / float(fps))
     tmp = path.with_name(f".{path.name}.tmp.mp4")

@@ -142,13 +142,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 "with --resume to continue).")
 
 
-def _need(module, what: str):
-    if module is None:
-        raise StylejaxError(f"{what} needs the video extra: pip install 'stylejax[video]' "
-                            "(opencv-python-headless and av).")
-    return module
-
-
 class FlowCache:
     """``flow(a, b)`` by ``method``, each result kept as ``DIR/flow/<hash>.npz`` (the hash of
     the two frames and the method), so a second run on the same frames computes none."""
@@ -298,7 +291,7 @@ def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     _check(args)
     rc = run_config(args)
-    _need(optflow, "Optical flow")
+    media.need_extra(optflow, "Optical flow")
     mode = args.mode or default_mode()
     if mode == "multipass" and rc.optimizer != "lbfgs":
         raise StylejaxError("--mode multipass runs L-BFGS: drop --optimizer, or use --mode "
