@@ -14,13 +14,14 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
+from test_media import RATE, _mux_tone
 from test_video import make_clip
 
 av = pytest.importorskip("av")
 pytest.importorskip("cv2")
 from stylejax.cli import media  # noqa: E402
 
-SIZE, FPS, RATE = 64, 12, 48000
+SIZE, FPS = 64, 12
 FAST = ["--size", str(SIZE), "--max-iter", "2", "--content-layers", "relu2_1",
         "--style-layers", "relu1_1,relu2_1"]
 
@@ -42,13 +43,7 @@ def write_clip(path, frames, sound=True):
         if audio is not None:
             audio.layout = "mono"
             t = np.arange(round(len(frames) / FPS * RATE)) / RATE
-            tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-            for at in range(0, len(tone), 1024):
-                frame = av.AudioFrame.from_ndarray(tone[None, at:at + 1024], format="flt",
-                                                   layout="mono")
-                frame.sample_rate, frame.pts = RATE, at
-                out.mux(audio.encode(frame))
-            out.mux(audio.encode())
+            _mux_tone(out, audio, (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32))
         for image in frames:
             out.mux(video.encode(av.VideoFrame.from_ndarray(
                 (image * 255).round().astype(np.uint8), format="rgb24")))
@@ -147,3 +142,24 @@ def test_a_damaged_video_is_one_sentence_and_writes_nothing(tmp_path, weights_pa
     assert r.returncode == 2 and "cut.mp4" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_without_an_h264_encoder_it_writes_the_frames_and_says_so(tmp_path, weights_path,
+                                                                   style_png, monkeypatch,
+                                                                   capsys):
+    """No H.264 encoder in PyAV: PNG frames only, said in one note, exit 0 (run in this
+    process with the encoder lookup and the process-wide tuning stubbed out)."""
+    from stylejax.cli import video as cli_video
+
+    monkeypatch.setattr(media, "encoder", lambda: None)
+    monkeypatch.setattr(cli_video, "tune_process", lambda: None)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k, frame in enumerate(make_clip(3)):
+        Image.fromarray((frame * 255).round().astype(np.uint8)).save(folder / f"{k}.png")
+    argv = command(weights_path, folder, style_png, "--out", tmp_path / "out", "--epochs", 1)
+    assert cli_video.main(argv[2:]) == 0
+    out, err = capsys.readouterr()
+    assert "no H.264 encoder" in err and "no video" in out
+    assert len(list((tmp_path / "out" / "frames").glob("*.png"))) == 3
+    assert not list((tmp_path / "out").glob("*.mp4"))

@@ -122,6 +122,16 @@ def identity(rc: RunConfig, content_path, *input_paths) -> dict:
     return json.loads(json.dumps(ident))  # tuples -> lists, as they come back from JSON
 
 
+def check_identity(saved: dict, current: dict, what: str, inputs: str) -> None:
+    """Raises the one-sentence StylejaxError naming the settings that differ, unless the
+    ``saved`` identity of ``what`` (e.g. "The checkpoint in out") equals ``current``."""
+    if saved != current:
+        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        raise StylejaxError(f"{what} was made with other settings or {inputs} "
+                            f"({', '.join(changed)} differ): resume with the original "
+                            "command, or use another --out.")
+
+
 class Outputs:
     """Snapshots, final image, contact sheet, loss log and its plot, and checkpoint, all
     written atomically. ``curve_png``: the bytes of the last losses.png written."""
@@ -174,13 +184,7 @@ class Outputs:
             identity = json.loads(record["identity"])
         except Exception:  # msgpack and json raise several unrelated types for damaged input
             raise StylejaxError(f"{path} is damaged: delete it and start afresh.") from None
-        if identity != self.identity:
-            changed = sorted(k for k in set(identity) | set(self.identity)
-                             if identity.get(k) != self.identity.get(k))
-            raise StylejaxError(
-                f"The checkpoint in {self.out} was made with other settings or images "
-                f"({', '.join(changed)} differ): resume with the original command, or use "
-                "another --out.")
+        check_identity(identity, self.identity, f"The checkpoint in {self.out}", "images")
         return record
 
     def resume(self):

@@ -32,7 +32,7 @@ import stylejax.multipass as multipass
 from stylejax.cli import media
 from stylejax.cli.exits import guarded
 from stylejax.cli.options import _floats, _ints, _layers, _Parser, run_config, solver_config
-from stylejax.cli.outputs import StopOnSignal
+from stylejax.cli.outputs import StopOnSignal, check_identity
 from stylejax.cli.stylize import tune_process
 from stylejax.clip import FrameFlows, as_frames, check_offsets
 from stylejax.errors import StylejaxError
@@ -268,13 +268,7 @@ class Progress:
         except (OSError, ValueError, KeyError, TypeError, StylejaxError):
             raise StylejaxError(f"The progress in {self.out} is damaged or incomplete: start "
                                 "afresh without --resume, or use another --out.") from None
-        if ident != self.identity:
-            changed = sorted(k for k in set(ident) | set(self.identity)
-                             if ident.get(k) != self.identity.get(k))
-            raise StylejaxError(
-                f"The run in {self.out} was made with other settings or frames "
-                f"({', '.join(changed)} differ): resume with the original command, or use "
-                "another --out.")
+        check_identity(ident, self.identity, f"The run in {self.out}", "frames")
         if results is not None and results.shape[1:] != self.shape[1:]:
             raise StylejaxError(f"The state in {self.out} does not fit these frames: start "
                                 "afresh without --resume.")
