@@ -60,15 +60,16 @@ class VideoEpoch(Epoch):
 
 def video_epochs(vgg, frames, styles, cfg: LossConfig, scfg: SolverConfig, *, epochs: int,
                  flows: FrameFlows, init="content", seed: int = 0, style_blend_weights=None,
-                 execution: Optional[Execution] = None,
-                 resume: Optional[np.ndarray] = None) -> Iterator[VideoEpoch]:
+                 execution: Optional[Execution] = None, resume: Optional[np.ndarray] = None,
+                 first_epochs: Optional[int] = None) -> Iterator[VideoEpoch]:
     """The sequential video loop: yields a `VideoEpoch` after every epoch of every frame.
 
     ``frames`` [T, H, W, 3]; ``styles`` a list of [h, w, 3]; ``flows`` the clip's
     `FrameFlows` (its offsets are the long-term ones); ``cfg.temporal_weight`` weighs the
     temporal term; ``init`` ("content" / "noise" / an array) starts frame 1 only; ``resume``
     [K, H, W, 3]: the first K frames' results, already done (frames K+1.. are stylized);
-    the other arguments as `video.stylize_video`. One solver epoch is compiled for the
+    ``first_epochs``: frame 1's epochs (default ``epochs``; the paper gives frame 1 twice the
+    iterations, as it starts from scratch); the other arguments as `video.stylize_video`. One solver epoch is compiled for the
     whole video (`run.compiled_epoch`, called with each frame's targets).
     """
     frames = as_frames(frames)
@@ -105,9 +106,10 @@ def video_epochs(vgg, frames, styles, cfg: LossConfig, scfg: SolverConfig, *, ep
         if epoch_fn is None:
             epoch_fn = compiled_epoch(vgg, targets, cfg, scfg, state, execution)
         setup = time.perf_counter() - start  # flows, targets, first compile: the first epoch's
-        for e, state, loss, seconds in run_epochs(epoch_fn, state, targets, 1, epochs):
+        last = (first_epochs or epochs) if k == 0 else epochs
+        for e, state, loss, seconds in run_epochs(epoch_fn, state, targets, 1, last):
             image = np.asarray(state.image)
-            yield VideoEpoch(e, 0, 1, (h, w), e == epochs, state, loss, image,
+            yield VideoEpoch(e, 0, 1, (h, w), e == last, state, loss, image,
                              seconds + (setup if e == 1 else 0.0), frame=k, frames=t,
                              weights=kept)
         results[k] = image[0]
@@ -139,7 +141,8 @@ class VideoResult:
 
 
 def stylize_video(vgg, frames, style, cfg: LossConfig, *, max_iter: int, flow: FlowSource,
-                  epochs: int = 1, mode: Optional[str] = None,
+                  epochs: int = 1, first_epochs: Optional[int] = None,
+                  mode: Optional[str] = None,
                   temporal_weight: Optional[float] = None, long_term: Sequence[int] = (1,),
                   passes: int = multipass.PASSES, temporal_from: Optional[int] = None,
                   blend: float = 1.0, chunk: Optional[int] = None, shard: str = "auto",
@@ -160,7 +163,8 @@ def stylize_video(vgg, frames, style, cfg: LossConfig, *, max_iter: int, flow: F
         image b, e.g. ``stylejax.flow.flow_function()`` (OpenCV's DIS), computed ahead on a
         worker thread; or arrays (``(forward, backward)`` [T−1, H, W, 2], entry k−1: frame
         k−1 into frame k, and frame k into frame k−1; or ``{offset: (forward, backward)}``).
-      epochs: epochs per frame (sequential only).
+      epochs: epochs per frame (sequential only); first_epochs: frame 1's (default
+        ``epochs``; the paper's 2000 against 1000 iterations is ``first_epochs=2 * epochs``).
       mode: "sequential", "multipass" or None (`default_mode`: multipass on a GPU/TPU).
       long_term: the offsets j of the frames each frame is held to (1: the neighbour only;
         the paper's long-term choice is 1, 2, 4).
@@ -177,6 +181,8 @@ def stylize_video(vgg, frames, style, cfg: LossConfig, *, max_iter: int, flow: F
       StylejaxError: bad arguments or frames, or a NaN/inf loss.
     """
     check_call(epochs, None)
+    if first_epochs is not None:
+        check_call(first_epochs, None)
     mode = mode or default_mode()
     if mode not in MODES:
         raise StylejaxError(f"Unknown video mode {mode!r}: use {' or '.join(MODES)}.")
@@ -192,7 +198,8 @@ def stylize_video(vgg, frames, style, cfg: LossConfig, *, max_iter: int, flow: F
         if mode == "sequential":
             _sequential(result, video_epochs(
                 vgg, frames, styles, cfg, scfg, epochs=epochs, flows=flows, init=init,
-                seed=seed, style_blend_weights=style_blend_weights, execution=execution),
+                seed=seed, style_blend_weights=style_blend_weights, execution=execution,
+                first_epochs=first_epochs),
                 callback)
         else:
             _passes(result, multipass.multipass(

@@ -233,3 +233,22 @@ def test_stylize_video_command_writes_frames_log_and_video(tmp_path, weights_pat
     assert r.returncode == 2 and "f02.png" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_first_frame_may_get_more_epochs_and_long_term_references(vgg, clip):
+    """``first_epochs`` gives frame 1 (which starts from scratch) its own epochs, the paper's
+    2:1; with long-term offsets 1, 2 each later frame still runs one compiled epoch."""
+    style = make_clip(1, 48, seed=5)[0]
+    cfg = stylejax.LossConfig(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"))
+    forward, backward = true_flows()
+    flows = {1: (forward, backward),  # frames 2 apart moved twice as far
+             2: (2 * forward[:FRAMES - 2], 2 * backward[:FRAMES - 2])}
+    compiles = xla_compiles("run_epoch")
+    result = stylejax.stylize_video(vgg, clip, style, cfg, epochs=1, first_epochs=2,
+                                    max_iter=2, flow=flows, long_term=(1, 2),
+                                    temporal_weight=1e6)
+    assert xla_compiles("run_epoch") - compiles == 1
+    assert [len(e) for e in result.epoch_losses] == [2, 1, 1, 1]
+    # Frame 2 has one reference (frame 1), frames 3-4 two; a pixel is held once at most.
+    assert result.weights[0] == 0 and 0.8 < result.weights[1] <= 1 and \
+        0.8 < result.weights[3] <= 1

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 import stylejax.images as imageio
 import stylejax.multipass as multipass
+import stylejax.plan as memory_plan
 from stylejax.cli import media
 from stylejax.cli.exits import guarded
 from stylejax.cli.options import _floats, _ints, _layers, _Parser, run_config, solver_config
@@ -109,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, help="frame size in px (long side; seed: short side)")
     p.add_argument("--epochs", type=int, help="sequential: epochs (compiled solver calls) "
                                               "per frame")
+    p.add_argument("--first-epochs", type=int, metavar="N",
+                   help="sequential: epochs of the first frame, which starts from scratch "
+                        "(default: --epochs; the paper gives it twice the others')")
     p.add_argument("--max-iter", type=int, help="solver iterations per epoch (sequential) "
                                                 "or per pass (multipass)")
     p.add_argument("--lr", type=float)
@@ -175,7 +179,9 @@ def _check(args) -> None:
               (args.temporal_from is None or args.temporal_from >= 1,
                f"--temporal-from must be >= 1, got {args.temporal_from}"),
               (args.blend >= 0, f"--blend must be >= 0, got {args.blend}"),
-              (args.chunk is None or args.chunk >= 1, f"--chunk must be >= 1, got {args.chunk}")]
+              (args.chunk is None or args.chunk >= 1, f"--chunk must be >= 1, got {args.chunk}"),
+              (args.first_epochs is None or args.first_epochs >= 1,
+               f"--first-epochs must be >= 1, got {args.first_epochs}")]
     for ok, message in checks:
         if not ok:
             raise StylejaxError(message + ".")
@@ -193,6 +199,8 @@ def identity(args, rc, mode: str, frames: np.ndarray) -> dict:
     if mode == "multipass":
         ident.update(passes=args.passes, temporal_from=args.temporal_from, blend=args.blend)
         ident.pop("epochs")
+    else:
+        ident.update(first_epochs=args.first_epochs)
     ident["frames"] = hashlib.sha256(np.ascontiguousarray(frames).tobytes()).hexdigest()
     ident["styles"] = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in args.style]
     return json.loads(json.dumps(ident))
@@ -302,6 +310,7 @@ def _main(argv) -> int:
         for s in styles]
     check_stages(frames.shape[1:], [s.shape for s in styles], stage_sizes(h, w), rc.loss.layers,
                  None, " (raise --size or --style-scale)")
+    memory_plan.check(rc.loss, solver_config(rc), h, w, execution=rc.execution)  # one frame
     fps = Fraction(args.fps).limit_denominator(1001) if args.fps else clip.fps
     if fps is None:
         fps = Fraction(media.DEFAULT_FPS)
@@ -369,7 +378,7 @@ def _stylize(mode, args, rc, vgg, frames, styles, cfg, flows, progress, done, re
                   execution=rc.execution)
     if mode == "sequential":
         steps = video_epochs(vgg, frames, styles, cfg, scfg, epochs=rc.epochs, flows=flows,
-                             resume=results, **common)
+                             resume=results, first_epochs=args.first_epochs, **common)
         bar = tqdm(total=t, initial=done, unit="frame", file=sys.stderr, dynamic_ncols=True)
     else:
         steps = multipass.multipass(
@@ -385,7 +394,7 @@ def _stylize(mode, args, rc, vgg, frames, styles, cfg, flows, progress, done, re
         with StopOnSignal() as stop:
             for step in steps:
                 if mode == "sequential":
-                    bar.set_postfix_str(f"epoch {step.epoch}/{rc.epochs}, loss {step.loss:.4g}")
+                    bar.set_postfix_str(f"epoch {step.epoch}, loss {step.loss:.4g}")
                     if not step.last_of_scale:
                         continue
                     now = time.perf_counter()
