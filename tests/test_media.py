@@ -124,6 +124,21 @@ def test_a_folder_selects_by_index_over_fps(tmp_path):
     imageio.save_image(tmp_path / "03.png", np.zeros((8, 6, 3), np.float32))
     with pytest.raises(StylejaxError, match="Frame 03.png is 6x8 px"):
         media.read_input(tmp_path)
+    # Sizes are checked on the frames as read, not as `prepare` leaves them.
+    with pytest.raises(StylejaxError, match="Frame 03.png is 6x8 px"):
+        media.read_input(tmp_path, prepare=lambda image: image[:4, :4])
+
+
+def test_prepare_is_applied_to_each_frame_as_it_is_decoded(clip_file):
+    seen = []
+
+    def prepare(image):
+        seen.append(image.shape)
+        return image[::4, ::4].copy()
+
+    clip = media.read_input(clip_file, end=0.5, prepare=prepare)
+    assert seen == [(SIZE, SIZE, 3)] * 5
+    assert [f.shape for f in clip.frames] == [(SIZE // 4, SIZE // 4, 3)] * 5
 
 
 def _write(path, clip, audio=True):

@@ -16,7 +16,7 @@ import enum
 import math
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -101,9 +101,11 @@ def _no_frames(start: float, end: float, what: str) -> StylejaxError:
 
 def read_video(path, limit: Optional[int] = None,
                max_pixels: int = imageio.DEFAULT_MAX_PIXELS,
-               start: Optional[float] = None, end: Optional[float] = None) -> Clip:
+               start: Optional[float] = None, end: Optional[float] = None,
+               prepare: Optional[Callable] = None) -> Clip:
     """The frames of a video file whose presentation times are in ``[start, end)`` seconds,
-    at most the first ``limit`` of them.
+    at most the first ``limit`` of them, each passed through ``prepare`` ([H, W, 3] -> an
+    array, e.g. a resize) as it is decoded, so a long clip is never held at full size.
 
     A video that ends before its container says it should (a truncated download) or that
     FFmpeg cannot read past some frame is refused, naming the frame, rather than read as a
@@ -122,7 +124,7 @@ def read_video(path, limit: Optional[int] = None,
             fps = Fraction(rate).limit_denominator(1001) if rate else None
             origin = (container.start_time or 0) / av.time_base
             frames, first = _decode(container, stream, path, fps, origin,
-                                    (start, end), limit, max_pixels)
+                                    (start, end), limit, max_pixels, prepare)
             duration = _duration(container, stream, origin)
     except av.FFmpegError as e:
         raise StylejaxError(f"Cannot read {path} as a video: {_reason(e)}.") from None
@@ -140,8 +142,10 @@ def _duration(container, stream, origin: float) -> Optional[float]:
     return container.duration / av.time_base if container.duration else None
 
 
-def _decode(container, stream, path: Path, fps, origin: float, span, limit, max_pixels):
-    """(frames [H, W, 3] in [0, 1] in ``span``, time of the first) of ``stream``."""
+def _decode(container, stream, path: Path, fps, origin: float, span, limit, max_pixels,
+            prepare=None):
+    """(frames [H, W, 3] in [0, 1] in ``span``, each through ``prepare`` if given, time of
+    the first) of ``stream``."""
     frames, first, decoded, t = [], 0.0, 0, 0.0
     try:
         for frame in container.decode(stream):
@@ -156,7 +160,8 @@ def _decode(container, stream, path: Path, fps, origin: float, span, limit, max_
                 raise StylejaxError(f"{path} has {frame.width}x{frame.height} px frames, "
                                     f"more than --max-pixels {max_pixels}.")
             first = first if frames else t
-            frames.append(frame.to_ndarray(format="rgb24").astype(np.float32) / 255.0)
+            image = frame.to_ndarray(format="rgb24").astype(np.float32) / 255.0
+            frames.append(image if prepare is None else prepare(image))
             if limit and len(frames) >= limit:
                 return frames, first
     except av.FFmpegError as e:
@@ -185,10 +190,10 @@ def _check_complete(container, stream, path: Path, fps, origin: float, decoded: 
 def read_folder(path, limit: Optional[int] = None,
                 max_pixels: int = imageio.DEFAULT_MAX_PIXELS,
                 start: Optional[float] = None, end: Optional[float] = None,
-                fps: float = DEFAULT_FPS) -> Clip:
+                fps: float = DEFAULT_FPS, prepare: Optional[Callable] = None) -> Clip:
     """The images of a folder sorted by name, frame i at i / ``fps`` seconds: those in
-    ``[start, end)``, at most the first ``limit``; refuses mixed sizes naming the first odd
-    frame. The clip's fps is None (the frame rate is the caller's, given here as ``fps``)."""
+    ``[start, end)``, at most the first ``limit``, each through ``prepare`` as it is read;
+    refuses mixed sizes naming the first odd frame. The clip's fps is None (the frame rate is the caller's, given here as ``fps``)."""
     path = Path(path)
     start, end = check_range(start, end)
     if not fps > 0:
@@ -204,32 +209,34 @@ def read_folder(path, limit: Optional[int] = None,
                                      f"{len(files) / float(fps):.3g} s at {float(fps):g} fps")
     kept = kept[:limit] if limit else kept
     chosen = [files[i] for i in kept]
-    frames = [imageio.load_image(f, max_pixels) for f in chosen]
-    for f, img in zip(chosen, frames):
-        if img.shape != frames[0].shape:
+    frames, first = [], None
+    for f in chosen:
+        img = imageio.load_image(f, max_pixels)
+        first = img.shape if first is None else first
+        if img.shape != first:
             raise StylejaxError(
                 f"Frame {f.name} is {img.shape[1]}x{img.shape[0]} px but {chosen[0].name} is "
-                f"{frames[0].shape[1]}x{frames[0].shape[0]} px: every frame must have one "
-                "size.")
+                f"{first[1]}x{first[0]} px: every frame must have one size.")
+        frames.append(img if prepare is None else prepare(img))
     return Clip(frames, None, path.resolve().name, kept[0] / float(fps), None)
 
 
 def read_input(path, limit: Optional[int] = None,
                max_pixels: int = imageio.DEFAULT_MAX_PIXELS,
                start: Optional[float] = None, end: Optional[float] = None,
-               fps: float = DEFAULT_FPS) -> Clip:
+               fps: float = DEFAULT_FPS, prepare: Optional[Callable] = None) -> Clip:
     """A `Clip` from a video file or a folder of frames: the frames in ``[start, end)``
     seconds (by presentation time for a video, by index / ``fps`` for a folder), at most the
-    first ``limit`` of those."""
+    first ``limit`` of those, each through ``prepare`` as it is read."""
     path = Path(path)
     if path.is_dir():
-        return read_folder(path, limit, max_pixels, start, end, fps)
+        return read_folder(path, limit, max_pixels, start, end, fps, prepare)
     if not path.is_file():
         raise StylejaxError(f"{path} does not exist: give a video file or a folder of frames.")
     if path.suffix.lower() not in VIDEO_SUFFIXES:
         raise StylejaxError(f"{path} is not a video ({', '.join(VIDEO_SUFFIXES)}) or a "
                             "folder of frames.")
-    return read_video(path, limit, max_pixels, start, end)
+    return read_video(path, limit, max_pixels, start, end, prepare)
 
 
 def encoder() -> Optional[str]:

@@ -300,10 +300,17 @@ def _main(argv) -> int:
                             "sequential.")
     tune_process()
     # Everything is read and checked before anything is written.
+    size = []  # the output size, fixed by the first frame; each frame is resized as read
+
+    def prepare(image):
+        size[:] = size or imageio.fit_size(*image.shape[:2], rc.size, rc.edge)
+        return imageio.resize(image, *size)
+
     clip = media.read_input(args.input, args.frames, args.max_pixels, args.start, args.end,
-                            args.fps or media.DEFAULT_FPS)
-    h, w = imageio.fit_size(*clip.frames[0].shape[:2], rc.size, rc.edge)
-    frames = as_frames([imageio.resize(f, h, w) for f in clip.frames])
+                            args.fps or media.DEFAULT_FPS, prepare)
+    frames = as_frames(clip.frames)
+    clip.frames = []  # one copy of the frames, not two
+    h, w = frames.shape[1:3]
     styles = [imageio.load_image(p, args.max_pixels) for p in args.style]
     styles = [imageio.resize(s, h, w) if rc.style_to_content_size else imageio.resize(
         s, *imageio.fit_size(*s.shape[:2], max(1, round(max(h, w) * rc.style_scale)), "long"))
