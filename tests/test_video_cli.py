@@ -19,7 +19,7 @@ from test_video import make_clip
 
 av = pytest.importorskip("av")
 pytest.importorskip("cv2")
-from stylejax.cli import media  # noqa: E402
+from stylejax.cli import media, video as cli_video  # noqa: E402
 
 SIZE, FPS = 64, 12
 FAST = ["--size", str(SIZE), "--max-iter", "2", "--content-layers", "relu2_1",
@@ -149,8 +149,6 @@ def test_without_an_h264_encoder_it_writes_the_frames_and_says_so(tmp_path, weig
                                                                    capsys):
     """No H.264 encoder in PyAV: PNG frames only, said in one note, exit 0 (run in this
     process with the encoder lookup and the process-wide tuning stubbed out)."""
-    from stylejax.cli import video as cli_video
-
     monkeypatch.setattr(media, "encoder", lambda: None)
     monkeypatch.setattr(cli_video, "tune_process", lambda: None)
     folder = tmp_path / "in"
