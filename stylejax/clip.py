@@ -112,8 +112,9 @@ class FrameFlows:
             self._future(a, b)
             self._future(b, a)
 
-    def get(self, a: int, b: int) -> np.ndarray:
-        """The flow [H, W, 2] float32 of frame ``a`` into frame ``b``."""
+    def get(self, a: int, b: int, keep: bool = True) -> np.ndarray:
+        """The flow [H, W, 2] float32 of frame ``a`` into frame ``b``; ``keep=False`` forgets
+        it once returned (a flow used once: the sequential mode's)."""
         if self._tables is not None:
             j = abs(b - a)
             forward, backward = self._tables[j]
@@ -122,6 +123,9 @@ class FrameFlows:
         start = time.perf_counter()
         out = fut.result()
         self.waited += time.perf_counter() - start
+        if not keep:
+            with self._lock:
+                self._futures.pop((a, b), None)
         return out
 
     def pairs(self, k: int, direction: int) -> list:
@@ -130,20 +134,21 @@ class FrameFlows:
         t = len(self.frames)
         return [(k, k - direction * j) for j in self.offsets if 0 <= k - direction * j < t]
 
-    def references(self, results, k: int, direction: int) -> dict:
+    def references(self, results, k: int, direction: int, keep: bool = True) -> dict:
         """Frame ``k`` held to its references k − direction·j (j in ``offsets``; +1: earlier
         frames, −1: later ones) among ``results`` [T, H, W, 3], the stylized frames:
         ``{"warped": [J, H, W, 3], "weights": [J, H, W, 1]}`` (`temporal.references`; a
         reference outside the clip gets weight 0), plus ``"flow"`` [J, H, W, 2] (frame k into
-        each reference) and ``"frame"`` [J] int32 (each reference's index; −1 outside)."""
+        each reference) and ``"frame"`` [J] int32 (each reference's index; −1 outside).
+        ``keep=False``: forget the flows used (see `get`)."""
         h, w = np.shape(self.frames)[1:3]
         images, back, fwd, frame = [], [], [], []
         for j in self.offsets:
             r = k - direction * j
             inside = 0 <= r < len(self.frames)
             images.append(results[r] if inside else self.frames[k])
-            back.append(self.get(k, r) if inside else np.zeros((h, w, 2), np.float32))
-            fwd.append(self.get(r, k) if inside else np.zeros((h, w, 2), np.float32))
+            back.append(self.get(k, r, keep) if inside else np.zeros((h, w, 2), np.float32))
+            fwd.append(self.get(r, k, keep) if inside else np.zeros((h, w, 2), np.float32))
             frame.append(r if inside else -1)
         frame = np.asarray(frame, np.int32)
         back = np.stack(back)

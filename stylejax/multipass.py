@@ -1,5 +1,6 @@
 """The multi-pass video algorithm (Ruder, Dosovitskiy & Brox, IJCV 2018, Sec. 4.3) with all
-frames of a pass optimized together: one compiled program per pass and chunk of frames.
+frames of a chunk optimized together as one problem, pass after pass, by one program compiled
+for the video.
 
 Pass 1 stylizes every frame on its own (from ``init``). Each later pass p runs in a direction
 (odd passes forward, even ones backward, as the paper's) and starts each frame k from its
@@ -151,6 +152,21 @@ def _losses(vgg, images, targets, cfg: LossConfig, execution: Optional[Execution
     return frame_losses(vgg, images, targets, cfg, execution)
 
 
+def chunk_plan(cfg: LossConfig, scfg: SolverConfig, h: int, w: int, frames: int,
+               references: int, execution: Optional[Execution] = None,
+               chunk: Optional[int] = None, shard: str = "auto", devices=None) -> tuple:
+    """(frames per program, the mesh or None) of a clip of ``frames`` h x w frames: ``chunk``
+    (default `default_chunk`) rounded up to a multiple of the devices the mesh uses, and at
+    most the clip (so rounded too). Which frames share a problem changes the result, so a
+    resumed run must get the same size (the command line records it)."""
+    if chunk is not None and chunk < 1:
+        raise StylejaxError(f"The chunk must be >= 1 frame, got {chunk}.")
+    size = chunk or default_chunk(cfg, scfg, h, w, references, execution)
+    mesh = dev.make_mesh(shard, min(size, frames), devices)
+    lanes = 1 if mesh is None else mesh.shape[dev.BATCH]
+    return min(-(-size // lanes) * lanes, -(-frames // lanes) * lanes), mesh
+
+
 def multipass(vgg, frames, styles, cfg: LossConfig, scfg: SolverConfig, *, passes: int,
               flows: FrameFlows, temporal_from: Optional[int] = None, blend: float = 1.0,
               init="content", seed: int = 0, style_blend_weights=None,
@@ -164,7 +180,7 @@ def multipass(vgg, frames, styles, cfg: LossConfig, scfg: SolverConfig, *, passe
     ``flows`` the clip's `FrameFlows` (its offsets are the long-term ones);
     ``temporal_from``: the first pass with the temporal loss (default
     `default_temporal_from`); ``blend`` δ >= 0; ``chunk``: frames per program (default
-    `default_chunk`; rounded up to a multiple of the devices used); ``shard``/``devices``:
+    `default_chunk`; rounded as `chunk_plan` says); ``shard``/``devices``:
     as `stylize_batch`'s ("batch" or "auto"); ``resume``: ``(passes done, images [T, H, W,
     3] after the last of them)``. One program is compiled for the video. Raises
     StylejaxError for bad arguments or a NaN/inf loss (naming the frame and pass).
@@ -183,10 +199,8 @@ def multipass(vgg, frames, styles, cfg: LossConfig, scfg: SolverConfig, *, passe
                             f"not {shard!r}.")
     execution = as_execution(execution)
     done, previous = (0, None) if resume is None else resume
-    size = chunk or default_chunk(cfg, scfg, h, w, len(flows.offsets), execution)
-    mesh = dev.make_mesh(shard, min(size, t), devices)
-    lanes = 1 if mesh is None else mesh.shape[dev.BATCH]
-    size = min(-(-size // lanes) * lanes, -(-t // lanes) * lanes)
+    size, mesh = chunk_plan(cfg, scfg, h, w, t, len(flows.offsets), execution, chunk, shard,
+                            devices)
     # Pass 1 needs no flow: the worker computes them meanwhile, in the order pass 2 uses.
     flows.prefetch(pair for k in range(t) for pair in flows.pairs(k, -1))
     flows.prefetch(pair for k in range(t) for pair in flows.pairs(k, 1))

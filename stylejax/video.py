@@ -10,7 +10,8 @@ structure (frame 1 carries all-zero weights), so the solver epoch is compiled on
 video; it goes through the run's compiled-epoch loop (`run.run_epochs`).
 
 ``multipass`` (the IJCV paper's multi-pass algorithm; `stylejax.multipass`): all frames
-advance together, pass after pass, each pass one vmapped program over the frames.
+advance together, pass after pass, the frames of a chunk one optimisation problem (one
+program compiled for the video).
 
 The temporal pieces (warp, consistency, long-term weights, the loss) are in
 `stylejax.temporal`, the flows' bookkeeping in `stylejax.clip`, optical flow itself (OpenCV)
@@ -88,7 +89,7 @@ def video_epochs(vgg, frames, styles, cfg: LossConfig, scfg: SolverConfig, *, ep
         content = frames[k]
         temporal = _unheld(content, flows)
         if k:
-            held = flows.references(results, k, 1)
+            held = flows.references(results, k, 1, keep=False)  # each flow is used once
             temporal = {"warped": held["warped"], "weights": held["weights"]}
         if k == 0:
             x0 = initial_image(init, content, seed)
@@ -231,8 +232,10 @@ def _sequential(result: VideoResult, steps, callback) -> None:
 def _passes(result: VideoResult, steps, callback) -> None:
     t = len(result.frames)
     result.epoch_losses = [[] for _ in range(t)]
+    number = None
     for step in steps:
-        if step.frames.start == 0:
+        if step.number != number:  # a backward pass starts with the last chunk
+            number = step.number
             result.seconds.append(0.0)
         result.seconds[-1] += step.seconds
         for k in step.frames:

@@ -119,6 +119,10 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_frames(tmp_path, weights_pat
     refused = subprocess.run(base + ["--out", b, "--resume", "--temporal-weight", "5"],
                              capture_output=True, text=True, timeout=600)
     assert refused.returncode == 2 and "temporal_weight" in refused.stderr
+    if mode == "multipass":  # which frames share a problem changes the result
+        refused = subprocess.run(base + ["--out", b, "--resume", "--chunk", "2"],
+                                 capture_output=True, text=True, timeout=600)
+        assert refused.returncode == 2 and "(chunk differ)" in refused.stderr
     r = subprocess.run(base + ["--out", b, "--resume"], capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr
@@ -161,3 +165,17 @@ def test_without_an_h264_encoder_it_writes_the_frames_and_says_so(tmp_path, weig
     assert "no H.264 encoder" in err and "no video" in out
     assert len(list((tmp_path / "out" / "frames").glob("*.png"))) == 3
     assert not list((tmp_path / "out").glob("*.mp4"))
+
+
+def test_multipass_progress_survives_a_stop_between_its_two_writes(tmp_path):
+    """Each pass's state is its own file, the older deleted only after the record names the
+    newer: stopped after pass 2's state but before its record, --resume gets pass 1's."""
+    shape = (2, 4, 4, 3)
+    progress = cli_video.Progress(tmp_path, {"run": 1}, "multipass", shape, 3)
+    first = np.full(shape, 0.25, np.float32)
+    progress.finished_pass(1, first, [])
+    progress._save_state("pass-002.npy", first + 0.5)  # the stop lands here
+    done, results = cli_video.Progress(tmp_path, {"run": 1}, "multipass", shape, 3).resume()
+    assert done == 1 and np.array_equal(results, first)
+    progress.finished_pass(2, first + 0.5, [])
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["pass-002.npy"]

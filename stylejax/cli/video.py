@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "each --max-iter iterations")
     p.add_argument("--temporal-from", type=int, metavar="PASS",
                    help="multipass: first pass with the temporal loss (default: the second "
-                        "half of the passes, the paper's 8 of 15)")
+                        "half of the passes, the paper's 8 of 15; pass 1 has no neighbours' "
+                        "results yet, so 1 acts as 2)")
     p.add_argument("--blend", type=float, default=1.0,
                    help="multipass: weight δ of the warped neighbour in each pass's start "
                         "(default 1)")
@@ -143,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``stylize_video.py INPUT STYLE --out DIR [flags]``; returns the exit status."""
     return guarded(_main, argv, "the frames written so far are kept (run the same command "
-                                "with --resume to continue).")
+                                "with --resume to continue from the last finished frame or "
+                                "pass, if any).")
 
 
 class FlowCache:
@@ -176,8 +178,9 @@ def _check(args) -> None:
               (args.temporal_weight >= 0, f"--temporal-weight must be >= 0, got "
                                           f"{args.temporal_weight}"),
               (args.passes >= 1, f"--passes must be >= 1, got {args.passes}"),
-              (args.temporal_from is None or args.temporal_from >= 1,
-               f"--temporal-from must be >= 1, got {args.temporal_from}"),
+              (args.temporal_from is None or 1 <= args.temporal_from <= args.passes,
+               f"--temporal-from must be a pass, 1 to --passes ({args.passes}), got "
+               f"{args.temporal_from}"),
               (args.blend >= 0, f"--blend must be >= 0, got {args.blend}"),
               (args.chunk is None or args.chunk >= 1, f"--chunk must be >= 1, got {args.chunk}"),
               (args.first_epochs is None or args.first_epochs >= 1,
@@ -188,19 +191,21 @@ def _check(args) -> None:
     check_offsets(args.long_term)
 
 
-def identity(args, rc, mode: str, frames: np.ndarray) -> dict:
+def identity(args, rc, mode: str, frames: np.ndarray, chunk: Optional[int]) -> dict:
     """What a run's progress must share with the command that resumes it: the settings that
-    change the result, and the frames and style files themselves."""
+    change the result (defaults written out, so leaving a flag out equals giving its default;
+    multipass: the resolved ``chunk`` too), and the frames and style files themselves."""
     ident = dataclasses.asdict(rc)
     for key in ("snapshot_every", "execution"):  # speed, not result (float rounding)
         ident.pop(key)
     ident.update(mode=mode, temporal_weight=args.temporal_weight, flow=args.flow,
                  long_term=sorted(args.long_term))
     if mode == "multipass":
-        ident.update(passes=args.passes, temporal_from=args.temporal_from, blend=args.blend)
+        held = max(2, args.temporal_from or multipass.default_temporal_from(args.passes))
+        ident.update(passes=args.passes, temporal_from=held, blend=args.blend, chunk=chunk)
         ident.pop("epochs")
     else:
-        ident.update(first_epochs=args.first_epochs)
+        ident.update(first_epochs=args.first_epochs or rc.epochs)
     ident["frames"] = hashlib.sha256(np.ascontiguousarray(frames).tobytes()).hexdigest()
     ident["styles"] = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in args.style]
     return json.loads(json.dumps(ident))
@@ -248,10 +253,22 @@ class Progress:
         """Multipass: pass ``number`` is finished; ``images`` [T, H, W, 3]."""
         for k, image in enumerate(images):
             imageio.save_image(self.out / self.frame_file(k), image[None])
-        self._save_state("passes.npy", images)
+        # A file per pass, the older one deleted only after the record names the new one: an
+        # interruption between the two writes leaves the recorded pass's state intact.
+        self._save_state(f"pass-{number:03d}.npy", images)
         self.log += rows
         self.done = number
         self._record()
+        for old in (self.out / "state").glob("pass-*.npy"):
+            if old.name != f"pass-{number:03d}.npy":
+                old.unlink()
+
+    def recorded(self, key: str):
+        """The recorded identity's ``key`` (None without a readable progress.json)."""
+        try:
+            return json.loads((self.out / PROGRESS).read_text())["identity"].get(key)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
 
     def resume(self):
         """Reads progress.json (checked against this run) and the state; returns (done,
@@ -272,7 +289,8 @@ class Progress:
                 results = np.stack([np.load(self.out / "state" / f"{k + 1:05d}.npy")
                                     for k in range(done)])
             else:
-                results = np.load(self.out / "state" / "passes.npy") if done else None
+                results = (np.load(self.out / "state" / f"pass-{done:03d}.npy") if done
+                           else None)
         except (OSError, ValueError, KeyError, TypeError, StylejaxError):
             raise StylejaxError(f"The progress in {self.out} is damaged or incomplete: start "
                                 "afresh without --resume, or use another --out.") from None
@@ -334,8 +352,13 @@ def _main(argv) -> int:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     total = len(frames) if mode == "sequential" else args.passes
-    progress = Progress(Path(args.out), identity(args, rc, mode, frames), mode, frames.shape,
-                        total)
+    progress = Progress(Path(args.out), {}, mode, frames.shape, total)
+    chunk = None
+    if mode == "multipass":  # resolved here: it changes the result, so --resume must keep it
+        chunk = args.chunk or (progress.recorded("chunk") if args.resume else None)
+        chunk, _ = multipass.chunk_plan(rc.loss, solver_config(rc), h, w, len(frames),
+                                        len(args.long_term), rc.execution, chunk, args.shard)
+    progress.identity = identity(args, rc, mode, frames, chunk)
     done, results = progress.resume() if args.resume else (0, None)
     out = imageio.ensure_writable_dir(args.out)
     cfg = dataclasses.replace(rc.loss, temporal_weight=args.temporal_weight)
@@ -344,7 +367,7 @@ def _main(argv) -> int:
     try:
         if done < total:
             stopped, results = _stylize(mode, args, rc, vgg, frames, styles, cfg, flows,
-                                        progress, done, results)
+                                        progress, done, results, chunk)
             if stopped:
                 print(f"error: stopped by {stopped} after {_unit(mode, progress.done)}; "
                       f"the frames so far are in {out / 'frames'}: run the same command with "
@@ -376,7 +399,8 @@ def _unit(mode: str, n: int) -> str:
     return f"{n} finished {what}{'' if n == 1 else ('s' if what == 'frame' else 'es')}"
 
 
-def _stylize(mode, args, rc, vgg, frames, styles, cfg, flows, progress, done, results):
+def _stylize(mode, args, rc, vgg, frames, styles, cfg, flows, progress, done, results,
+             chunk):
     """Runs the mode's loop from ``done``, writing as frames or passes finish; returns
     (the signal that stopped it or None, the results [T, H, W, 3] so far)."""
     t = len(frames)
@@ -390,7 +414,7 @@ def _stylize(mode, args, rc, vgg, frames, styles, cfg, flows, progress, done, re
     else:
         steps = multipass.multipass(
             vgg, frames, styles, cfg, scfg, passes=args.passes, flows=flows,
-            temporal_from=args.temporal_from, blend=args.blend, chunk=args.chunk,
+            temporal_from=args.temporal_from, blend=args.blend, chunk=chunk,
             shard=args.shard, resume=(done, results) if done else None, **common)
         bar = tqdm(total=t * args.passes, initial=done * t, unit="frame", file=sys.stderr,
                    dynamic_ncols=True)
