@@ -8,6 +8,7 @@ import importlib.util
 import sys
 
 import nbformat
+from PIL import Image as PILImage
 from conftest import REPO
 
 NOTEBOOK = REPO / "notebooks" / "stylejax.ipynb"
@@ -62,6 +63,7 @@ def test_notebook_runs_on_cpu(weights_path, tmp_path, monkeypatch):
     for name, value in {"STYLEJAX_NB_INSTALL": "0", "STYLEJAX_WEIGHTS": str(weights_path),
                         "STYLEJAX_NB_SIZE": "40", "STYLEJAX_NB_EPOCHS": "2",
                         "STYLEJAX_NB_ITERS": "2", "STYLEJAX_NB_BATCH": "2",
+                        "STYLEJAX_NB_VIDEO_FRAMES": "3",
                         "STYLEJAX_NB_PRECISION": "auto", "JAX_PLATFORMS": "cpu"}.items():
         monkeypatch.setenv(name, value)
     nb.cells.insert(0, nbformat.v4.new_code_cell("import sys; print(sys.executable)"))
@@ -73,6 +75,8 @@ def test_notebook_runs_on_cpu(weights_path, tmp_path, monkeypatch):
     for name in ("final.png", "contact_sheet.png", "batch_0.png", "batch_1.png"):
         assert (tmp_path / "out" / name).is_file(), name
     assert not (tmp_path / "weights").exists(), "STYLEJAX_WEIGHTS given: nothing to convert"
+    with PILImage.open(tmp_path / "out" / "video.gif") as gif:  # section 9's clip
+        assert gif.n_frames == 3 and gif.size == (32, 32)
     # The preview (status line, image, loss curve) was displayed once and updated in place.
     cell = next(c for c in nb.cells if "stylize_epochs(" in c.source)
     shown = [o for o in cell.outputs if o.output_type == "display_data"]
