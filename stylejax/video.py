@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import stylejax.colour as colour
 import stylejax.multipass as multipass
 from stylejax.clip import FlowSource, FrameFlows, as_frames
 from stylejax.errors import StylejaxError
@@ -141,9 +142,34 @@ class VideoResult:
     flow_waited: float = 0.0
 
 
+def colour_clip(preserve_colors: Optional[str], frames, styles) -> tuple:
+    """(frames, styles) as VGG sees them for a clip (Gatys et al. 2017, Sec. 5; as
+    `run.colour_inputs` for a still, the whole clip [T, H, W, 3] standing for the content):
+    unchanged; each frame's grey luminance and the styles' luminance matched to the clip's
+    ("luminance"); or the styles' colour mean and covariance matched to the clip's
+    ("histogram"). One set of style statistics for the whole clip keeps frames consistent."""
+    if preserve_colors == "luminance":
+        return (np.asarray(colour.luminance_image(frames)),
+                [np.asarray(colour.match_luminance(s, frames)) for s in styles])
+    if preserve_colors == "histogram":
+        return frames, [np.asarray(colour.match_color(s, frames)) for s in styles]
+    if preserve_colors is not None:
+        raise StylejaxError(f"Unknown colour preservation {preserve_colors!r}: use luminance, "
+                            "histogram or None.")
+    return frames, styles
+
+
+def shown_frames(preserve_colors: Optional[str], images, frames) -> np.ndarray:
+    """The frames to show and save for the optimised ``images`` [..., H, W, 3]: in luminance
+    mode their luminance with ``frames``' (the originals', same shape) chroma."""
+    if preserve_colors == "luminance":
+        return np.asarray(colour.restore_chroma(images, frames))
+    return np.asarray(images)
+
+
 def stylize_video(vgg, frames, style, cfg: LossConfig, *, max_iter: int, flow: FlowSource,
                   epochs: int = 1, first_epochs: Optional[int] = None,
-                  mode: Optional[str] = None,
+                  mode: Optional[str] = None, preserve_colors: Optional[str] = None,
                   temporal_weight: Optional[float] = None, long_term: Sequence[int] = (1,),
                   passes: int = multipass.PASSES, temporal_from: Optional[int] = None,
                   blend: float = 1.0, chunk: Optional[int] = None, shard: str = "auto",
@@ -173,6 +199,8 @@ def stylize_video(vgg, frames, style, cfg: LossConfig, *, max_iter: int, flow: F
         (`multipass.multipass`).
       optimizer, lr, history, init, seed, style_blend_weights, execution: as for `stylize`
         (``init`` starts frame 1 (sequential) or pass 1 (multipass)).
+      preserve_colors: None, "luminance" or "histogram", as for `stylize`, with the whole
+        clip's statistics (`colour_clip`); the flow is computed on the original frames.
       callback: ``callback(frame, step, image, loss)`` after every epoch of a frame
         (sequential; step = epoch) or every frame of a pass (multipass; step = pass);
         frame 0-based, image [1, H, W, 3].
@@ -190,32 +218,37 @@ def stylize_video(vgg, frames, style, cfg: LossConfig, *, max_iter: int, flow: F
     if temporal_weight is not None:
         cfg = dataclasses.replace(cfg, temporal_weight=float(temporal_weight))
     scfg = solver_config(optimizer, max_iter, lr, history)
-    frames = as_frames(frames)
-    _, styles = as_images(frames[0], style)
-    check_stages(frames.shape[1:], [s.shape for s in styles], [frames.shape[1:3]], cfg.layers)
-    flows = FrameFlows(frames, flow, long_term)
+    originals = as_frames(frames)
+    _, styles = as_images(originals[0], style)
+    check_stages(originals.shape[1:], [s.shape for s in styles], [originals.shape[1:3]],
+                 cfg.layers)
+    frames, styles = colour_clip(preserve_colors, originals, styles)
+    flows = FrameFlows(originals, flow, long_term)
     result = VideoResult(np.zeros_like(frames))
+    shown = lambda k, image: shown_frames(  # noqa: E731
+        preserve_colors, image, np.broadcast_to(originals[k], np.shape(image)))
     try:
         if mode == "sequential":
             _sequential(result, video_epochs(
                 vgg, frames, styles, cfg, scfg, epochs=epochs, flows=flows, init=init,
                 seed=seed, style_blend_weights=style_blend_weights, execution=execution,
                 first_epochs=first_epochs),
-                callback)
+                callback, shown)
         else:
             _passes(result, multipass.multipass(
                 vgg, frames, styles, cfg, scfg, passes=passes, flows=flows,
                 temporal_from=temporal_from, blend=blend, init=init, seed=seed,
                 style_blend_weights=style_blend_weights, execution=execution, chunk=chunk,
-                shard=shard, devices=devices), callback)
+                shard=shard, devices=devices), callback, shown)
     finally:
         flows.close()
     result.flow_seconds, result.flow_waited = flows.seconds, flows.waited
     return result
 
 
-def _sequential(result: VideoResult, steps, callback) -> None:
+def _sequential(result: VideoResult, steps, callback, shown) -> None:
     for step in steps:
+        image = shown(step.frame, step.image)
         if step.epoch == 1:
             result.epoch_losses.append([])
             result.seconds.append(0.0)
@@ -223,13 +256,13 @@ def _sequential(result: VideoResult, steps, callback) -> None:
         result.epoch_losses[-1].append(step.loss)
         result.seconds[-1] += step.seconds
         if step.last_of_scale:
-            result.frames[step.frame] = step.image[0]
+            result.frames[step.frame] = image[0]
             result.losses.append(step.loss)
         if callback is not None:
-            callback(step.frame, step.epoch, step.image, step.loss)
+            callback(step.frame, step.epoch, image, step.loss)
 
 
-def _passes(result: VideoResult, steps, callback) -> None:
+def _passes(result: VideoResult, steps, callback, shown) -> None:
     t = len(result.frames)
     result.epoch_losses = [[] for _ in range(t)]
     number = None
@@ -241,7 +274,7 @@ def _passes(result: VideoResult, steps, callback) -> None:
         for k in step.frames:
             result.epoch_losses[k].append(float(step.losses[k]))
             if callback is not None:
-                callback(k, step.number, step.images[k][None], float(step.losses[k]))
+                callback(k, step.number, shown(k, step.images[k][None]), float(step.losses[k]))
         if step.last_of_pass:
-            result.frames[:] = step.images
+            result.frames[:] = [shown(k, image) for k, image in enumerate(step.images)]
     result.losses = [losses[-1] for losses in result.epoch_losses]

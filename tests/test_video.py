@@ -16,7 +16,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter, map_coordinates
 
 import stylejax
-from stylejax import temporal
+from stylejax import colour, temporal
 from conftest import REPO, xla_compiles
 
 cv2 = pytest.importorskip("cv2")
@@ -252,3 +252,23 @@ def test_first_frame_may_get_more_epochs_and_long_term_references(vgg, clip):
     # Frame 2 has one reference (frame 1), frames 3-4 two; a pixel is held once at most.
     assert result.weights[0] == 0 and 0.8 < result.weights[1] <= 1 and \
         0.8 < result.weights[3] <= 1
+
+
+def test_colours_preserved_over_the_clip(vgg, clip):
+    """--preserve-colors for video: "luminance" stylizes each frame's luminance and gives it
+    back its own chroma (I, Q of the YIQ space) wherever Y was not clamped; "histogram"
+    moves the style's colour statistics onto the whole clip's before stylizing."""
+    style = make_clip(1, 48, seed=5)[0][..., ::-1]  # other colours than the clip's
+    cfg = stylejax.preset_config("johnson")
+    run = lambda mode: stylejax.stylize_video(  # noqa: E731
+        vgg, clip, style, cfg, epochs=1, max_iter=4, flow=true_flows(),
+        temporal_weight=1e7, preserve_colors=mode)
+    kept = run("luminance").frames
+    chroma = lambda x: np.asarray(colour.rgb_to_yiq(x))[..., 1:]  # noqa: E731
+    assert np.mean(np.abs(chroma(kept) - chroma(clip)) < 1e-3) > 0.95
+    assert np.abs(kept - clip).mean() > 0.005  # the luminance did change
+    matched = stylejax.video.colour_clip("histogram", clip, [style])[1][0]
+    pixels = matched.reshape(-1, 3)
+    np.testing.assert_allclose(pixels.mean(0), clip.reshape(-1, 3).mean(0), atol=1e-4)
+    np.testing.assert_allclose(np.cov(pixels.T), np.cov(clip.reshape(-1, 3).T), atol=1e-4)
+    assert run("histogram").frames.shape == clip.shape

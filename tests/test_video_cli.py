@@ -60,13 +60,15 @@ def style_png(tmp_path_factory):
 
 def test_multipass_on_a_range_of_a_video_keeps_its_audio(tmp_path, weights_path, style_png):
     """--start 0.25 --end 0.75 of a 12 fps clip: frames 4-9 (t = 3/12 .. 8/12), each pass
-    writing them all; the mp4 has those 6 frames and 0.5 s of the sound."""
+    writing them all (luminance stylized, the frames' colours kept); the mp4 has those 6
+    frames and 0.5 s of the sound."""
     source = write_clip(tmp_path / "walk.mp4", make_clip(10))
     out = tmp_path / "out"
     r = subprocess.run(command(weights_path, source, style_png, "--out", out, "--mode",
                                "multipass", "--passes", "2", "--temporal-from", "2",
                                "--long-term", "1,2", "--start", "0.25", "--end", "0.75",
-                               "--keep-audio"), capture_output=True, text=True, timeout=600)
+                               "--keep-audio", "--preserve-colors", "luminance"),
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "audio re-encoded" in r.stdout and "optical flow:" in r.stderr
     assert sorted(p.name for p in (out / "frames").iterdir()) == [
@@ -76,6 +78,8 @@ def test_multipass_on_a_range_of_a_video_keeps_its_audio(tmp_path, weights_path,
         (p, k) for p in (1, 2) for k in range(1, 7)]
     assert len(list((out / "flow").glob("*.npz"))) == 2 * (5 + 4)  # offsets 1 and 2
     assert not list((out / "state").glob("*.npy"))  # cleaned once the video is written
+    first = np.asarray(Image.open(out / "frames" / "00001.png"), np.float32)
+    assert np.abs(first[..., 0] - first[..., 2]).mean() > 5  # the frames' colours, not grey
     with av.open(str(out / "walk.mp4")) as container:
         video, audio = container.streams.video[0], container.streams.audio[0]
         assert (video.width, video.height, video.average_rate) == (SIZE, SIZE, FPS)

@@ -27,6 +27,7 @@ from typing import Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
+import stylejax.colour as colour
 import stylejax.images as imageio
 import stylejax.multipass as multipass
 import stylejax.plan as memory_plan
@@ -41,7 +42,7 @@ from stylejax.execution import CONVS, DTYPES, Execution
 from stylejax.presets import PRESETS, network_warning
 from stylejax.run import check_stages, stage_sizes
 from stylejax.solvers import OPTIMIZERS, SolverConfig
-from stylejax.video import MODES, default_mode, video_epochs
+from stylejax.video import MODES, colour_clip, default_mode, shown_frames, video_epochs
 from stylejax.weights import atomic_write_bytes, load_vgg19
 
 try:  # the `video` extra: OpenCV
@@ -132,12 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--style-layer-weights", type=_floats)
     p.add_argument("--style-blend-weights", type=_floats, nargs="+", metavar="W")
     p.add_argument("--style-scale", type=float, default=1.0)
+    p.add_argument("--preserve-colors", choices=("none",) + colour.MODES, default="none",
+                   help="luminance: transfer on the frames' luminance and keep their chroma; "
+                        "histogram: match the styles' colour statistics to the clip's")
     p.add_argument("--precision", choices=("f32", "bf16") + DTYPES, default=Execution.dtype)
     p.add_argument("--conv", choices=CONVS, default=Execution.conv)
     p.add_argument("--max-pixels", type=int, default=imageio.DEFAULT_MAX_PIXELS)
     # stylize.py's flags that a video run does not take: fixed here so run_config reads them.
-    p.set_defaults(style_images=None, snapshot_every=None, preserve_colors="none",
-                   scales=None, precondition=0.0, style_masks=None, content_mask=None)
+    p.set_defaults(style_images=None, snapshot_every=None, scales=None, precondition=0.0,
+                   style_masks=None, content_mask=None)
     return p
 
 
@@ -216,8 +220,9 @@ class Progress:
     float results --resume continues from), all written atomically, in that order, so the
     record never names a frame or state that is not on disk."""
 
-    def __init__(self, out: Path, ident: dict, mode: str, shape: tuple, total: int):
-        self.out, self.identity, self.mode = out, ident, mode
+    def __init__(self, out: Path, ident: dict, mode: str, shape: tuple, total: int,
+                 shown=lambda k, image: image):
+        self.out, self.identity, self.mode, self.shown = out, ident, mode, shown
         self.shape, self.total = tuple(shape), total  # frames' [T, H, W, 3]; frames or passes
         self.log: list = []
         self.done = 0
@@ -242,8 +247,9 @@ class Progress:
         atomic_write_bytes(self.out / "state" / name, buf.getvalue())
 
     def frame(self, k: int, image, rows: list) -> None:
-        """Sequential: frame ``k`` (0-based) is finished; ``image`` [H, W, 3]."""
-        imageio.save_image(self.out / self.frame_file(k), image[None])
+        """Sequential: frame ``k`` (0-based) is finished; ``image`` [H, W, 3] (as optimised;
+        ``shown(k, image)`` is what frames/ gets)."""
+        imageio.save_image(self.out / self.frame_file(k), self.shown(k, image)[None])
         self._save_state(f"{k + 1:05d}.npy", image)
         self.log += rows
         self.done = k + 1
@@ -252,7 +258,7 @@ class Progress:
     def finished_pass(self, number: int, images, rows: list) -> None:
         """Multipass: pass ``number`` is finished; ``images`` [T, H, W, 3]."""
         for k, image in enumerate(images):
-            imageio.save_image(self.out / self.frame_file(k), image[None])
+            imageio.save_image(self.out / self.frame_file(k), self.shown(k, image)[None])
         # A file per pass, the older one deleted only after the record names the new one: an
         # interruption between the two writes leaves the recorded pass's state intact.
         self._save_state(f"pass-{number:03d}.npy", images)
@@ -282,9 +288,8 @@ class Progress:
         try:
             record = json.loads(path.read_text())
             done, ident, log = int(record["done"]), record["identity"], list(record["log"])
-            if done >= self.total:
-                results = as_frames([imageio.load_image(self.out / self.frame_file(k))
-                                     for k in range(self.shape[0])])
+            if done >= self.total:  # finished: frames/ holds the result, as shown
+                results = self.written()
             elif done and self.mode == "sequential":
                 results = np.stack([np.load(self.out / "state" / f"{k + 1:05d}.npy")
                                     for k in range(done)])
@@ -300,6 +305,11 @@ class Progress:
                                 "afresh without --resume.")
         self.log, self.done = log, done
         return done, results
+
+    def written(self) -> np.ndarray:
+        """[T, H, W, 3]: the frames in frames/ (what the video is made of)."""
+        return as_frames([imageio.load_image(self.out / self.frame_file(k))
+                          for k in range(self.shape[0])])
 
     def clean(self) -> None:
         """Deletes state/ (the finished run's float results; frames/ keeps them)."""
@@ -335,6 +345,8 @@ def _main(argv) -> int:
         for s in styles]
     check_stages(frames.shape[1:], [s.shape for s in styles], stage_sizes(h, w), rc.loss.layers,
                  None, " (raise --size or --style-scale)")
+    originals = frames  # the flow and the colours come from these
+    frames, styles = colour_clip(rc.preserve_colors, frames, styles)
     memory_plan.check(rc.loss, solver_config(rc), h, w, execution=rc.execution)  # one frame
     fps = Fraction(args.fps).limit_denominator(1001) if args.fps else clip.fps
     if fps is None:
@@ -352,7 +364,8 @@ def _main(argv) -> int:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     total = len(frames) if mode == "sequential" else args.passes
-    progress = Progress(Path(args.out), {}, mode, frames.shape, total)
+    progress = Progress(Path(args.out), {}, mode, frames.shape, total, lambda k, image: (
+        shown_frames(rc.preserve_colors, image, np.broadcast_to(originals[k], image.shape))))
     chunk = None
     if mode == "multipass":  # resolved here: it changes the result, so --resume must keep it
         chunk = args.chunk or (progress.recorded("chunk") if args.resume else None)
@@ -362,10 +375,11 @@ def _main(argv) -> int:
     done, results = progress.resume() if args.resume else (0, None)
     out = imageio.ensure_writable_dir(args.out)
     cfg = dataclasses.replace(rc.loss, temporal_weight=args.temporal_weight)
-    flows = FrameFlows(frames, FlowCache(out / "flow", args.flow), args.long_term)
+    flows = FrameFlows(originals, FlowCache(out / "flow", args.flow), args.long_term)
     clock = time.perf_counter()
+    finished = done >= total
     try:
-        if done < total:
+        if not finished:
             stopped, results = _stylize(mode, args, rc, vgg, frames, styles, cfg, flows,
                                         progress, done, results, chunk)
             if stopped:
@@ -385,7 +399,9 @@ def _main(argv) -> int:
         print(f"wrote {len(frames)} frames to {out / 'frames'} (no video: no H.264 encoder)")
         return 0
     video = out / f"{clip.stem}.mp4"
-    audio = media.write_video(video, results, fps, codec,
+    shown = results if finished else np.stack([progress.shown(k, r) for k, r in
+                                               enumerate(results)])
+    audio = media.write_video(video, shown, fps, codec,
                               clip.source if args.keep_audio else None, clip.start)
     progress.clean()
     print(f"wrote {video} ({len(frames)} frames, {w}x{h} px, {float(fps):g} fps"
