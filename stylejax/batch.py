@@ -151,44 +151,6 @@ def run_batch_epoch(state, vgg, targets, *, cfg: LossConfig, scfg: SolverConfig,
     return _per_device(epochs, mesh)(state, vgg, targets)
 
 
-class BatchProgram:
-    """The compiled programs of a batch: `start` (the solver states of [N, 1, H, W, 3] images
-    against stacked targets) and `epoch` (`run_batch_epoch`), compiled once for the shapes
-    given here, on ``mesh`` (None: one device); `place` puts arrays where they run. N must be
-    a multiple of the mesh's "batch" size. Shared by `stylize_batch` and video's passes."""
-
-    def __init__(self, vgg, images, targets, cfg: LossConfig, scfg: SolverConfig,
-                 execution: Optional[Execution] = None, mesh=None):
-        self.mesh = mesh
-        # Winograd's kernels made once for all the epochs (the first state, evaluated with
-        # direct convolutions, leaves them unused).
-        vgg = prepare_kernels(vgg, cfg.layers, _for_mesh(as_execution(execution), scfg,
-                                                         mesh)[0], np.shape(images)[-3:])
-        self.vgg = vgg if mesh is None else dev.replicate(vgg, mesh)
-        targets, images = self.place((targets, images))
-        self._start = compile_released(init_batch_state, scfg, self.vgg, images, targets, cfg,
-                                       execution, mesh=mesh)
-        self._settings = dict(cfg=cfg, scfg=scfg, execution=execution, mesh=mesh)
-        self._epoch = None  # compiled for the first state it is given
-
-    def place(self, tree):
-        """``tree``'s arrays on the device(s), split along the pairs' axis over the mesh."""
-        if self.mesh is None:
-            return jax.tree.map(jnp.asarray, tree)
-        return dev.place(tree, self.mesh)
-
-    def start(self, images, targets):
-        """The solver states [N] of placed ``images`` [N, 1, H, W, 3]."""
-        return self._start(self.vgg, images, targets)
-
-    def epoch(self, state, targets):
-        """One epoch of every pair (``state`` donated)."""
-        if self._epoch is None:
-            self._epoch = compile_released(run_batch_epoch, state, self.vgg, targets,
-                                           **self._settings)
-        return self._epoch(state, self.vgg, targets)
-
-
 def _image_list(contents) -> list:
     if isinstance(contents, (list, tuple)):
         items = [np.asarray(c, np.float32) for c in contents]
@@ -259,15 +221,25 @@ def stylize_batch(vgg, contents, styles, cfg: LossConfig, *, epochs: int, max_it
     targets = jax.tree.map(lambda *a: np.stack([np.asarray(x) for x in a]), *per_pair)
     images = np.stack([np.asarray(initial_image(init, c, seed)) for c in contents]
                       + [np.asarray(initial_image(init, contents[-1], seed))] * (lanes - n))
-    program = BatchProgram(vgg, images, targets, cfg, scfg, execution, mesh)
-    targets, images = program.place((targets, images))
-    state = program.start(images, targets)
+    # Winograd's kernels made once for all the epochs (the first state, evaluated with direct
+    # convolutions, leaves them unused).
+    vgg = prepare_kernels(vgg, cfg.layers, _for_mesh(as_execution(execution), scfg, mesh)[0],
+                          images.shape[-3:])
+    if mesh is None:
+        targets, images = jax.tree.map(jnp.asarray, (targets, images))
+    else:
+        targets, images = dev.place((targets, images), mesh)
+        vgg = dev.replicate(vgg, mesh)
+    state = compile_released(init_batch_state, scfg, vgg, images, targets, cfg, execution,
+                             mesh=mesh)(vgg, images, targets)
     result = BatchResult(images=dev.to_host(state.image)[:n, 0],
                          losses=np.zeros((0, n), np.float32))
     losses = []
     start = time.perf_counter()
+    epoch_fn = compile_released(run_batch_epoch, state, vgg, targets, cfg=cfg, scfg=scfg,
+                                execution=execution, mesh=mesh)
     for k in range(1, epochs + 1):
-        state = program.epoch(state, targets)
+        state = epoch_fn(state, vgg, targets)
         values = dev.to_host(state.value)[:n]  # the one host sync per epoch
         images_now = dev.to_host(state.image)[:n, 0]
         result.seconds.append(time.perf_counter() - start)

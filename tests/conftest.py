@@ -41,6 +41,22 @@ def xla_compiles(fun_name: str) -> int:
     return _COMPILES[f"jit({fun_name})"]
 
 
+def on_simulated_devices(script: str, devices: int, **env) -> dict:
+    """Runs the Python ``script`` in a fresh process that sees ``devices`` simulated CPU
+    devices, with ``env`` (values made str) added to its environment and this checkout and
+    tests/ importable; asserts it succeeds and returns the JSON its last line prints."""
+    import json
+    import subprocess
+
+    env = {**os.environ, **{k: str(v) for k, v in env.items()},
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture(scope="session")
 def vgg_params():
     """Random He-initialised VGG-19 params (numpy, HWIO)."""

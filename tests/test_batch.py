@@ -9,17 +9,13 @@ after 6 on these random weights), so the runs here are 2 iterations long.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import stylejax
-from conftest import REPO, smooth_image
+from conftest import on_simulated_devices, smooth_image
 from stylejax import batch
 from stylejax.cli.stylize import main as cli_main
 from stylejax.cpu.hostmem import compile_released
@@ -171,15 +167,9 @@ def test_four_devices_equal_one(tmp_path, weights_path, vgg, pairs, batch_result
     contents, styles = pairs
     np.savez(tmp_path / "pairs.npz", **{f"c{i}": c for i, c in enumerate(contents)},
              **{f"s{i}": s for i, s in enumerate(styles)})
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-           "WEIGHTS": str(weights_path), "PAIRS": str(tmp_path / "pairs.npz"),
-           "BATCH_OUT": str(tmp_path / "batch.npy"), "SPATIAL_OUT": str(tmp_path / "sp.npz"),
-           "LONG_OUT": str(tmp_path / "long"),
-           "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
-    r = subprocess.run([sys.executable, "-c", FOUR_DEVICES], capture_output=True, text=True,
-                       env=env, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    info = json.loads(r.stdout.strip().splitlines()[-1])
+    info = on_simulated_devices(FOUR_DEVICES, 4, WEIGHTS=weights_path,
+                                PAIRS=tmp_path / "pairs.npz", BATCH_OUT=tmp_path / "batch.npy",
+                                SPATIAL_OUT=tmp_path / "sp.npz", LONG_OUT=tmp_path / "long")
     assert info["devices"] == 4
     assert info["batch_shards"] == [[1, 1, 32, 40, 3]] * 4  # one lane on each device
     assert info["epoch_compiles"] == 1

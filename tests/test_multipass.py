@@ -4,10 +4,6 @@ through a window moving SHIFT px a frame)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import threading
 
 import jax
@@ -18,7 +14,7 @@ import pytest
 import stylejax
 from stylejax import multipass, temporal
 from stylejax.clip import FrameFlows
-from conftest import REPO, xla_compiles
+from conftest import on_simulated_devices, xla_compiles
 from test_video import make_clip, numpy_warp, true_flows, warped_difference
 
 FRAMES = 5
@@ -190,14 +186,8 @@ def test_two_devices_equal_one(tmp_path, weights_path, vgg, clip, style):
     1.2e-3 on average (L-BFGS amplifies rounding); chunks of 4 against 5 frames, a real
     change of algorithm, 8% and 4.2e-3. Asserted: 1e-2 and 2e-3."""
     np.savez(tmp_path / "clip.npz", clip=clip, style=style)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-           "WEIGHTS": str(weights_path), "CLIP": str(tmp_path / "clip.npz"),
-           "OUT": str(tmp_path / "two.npz"),
-           "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
-    r = subprocess.run([sys.executable, "-c", TWO_DEVICES], capture_output=True, text=True,
-                       env=env, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    info = json.loads(r.stdout.strip().splitlines()[-1])
+    info = on_simulated_devices(TWO_DEVICES, 2, WEIGHTS=weights_path,
+                                CLIP=tmp_path / "clip.npz", OUT=tmp_path / "two.npz")
     assert info["devices"] == 2 and info["shards"] == [[2, 1, 64, 64, 3]] * 2
     two = np.load(tmp_path / "two.npz")
     np.testing.assert_allclose(two["v2"], two["v1"], rtol=1e-5)

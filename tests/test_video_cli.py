@@ -19,7 +19,7 @@ from test_video import make_clip
 
 av = pytest.importorskip("av")
 pytest.importorskip("cv2")
-from stylejax.cli import media, video as cli_video  # noqa: E402
+from stylejax.cli import media, video as cli_video, video_files  # noqa: E402
 
 SIZE, FPS = 64, 12
 FAST = ["--size", str(SIZE), "--max-iter", "2", "--content-layers", "relu2_1",
@@ -175,11 +175,11 @@ def test_multipass_progress_survives_a_stop_between_its_two_writes(tmp_path):
     """Each pass's state is its own file, the older deleted only after the record names the
     newer: stopped after pass 2's state but before its record, --resume gets pass 1's."""
     shape = (2, 4, 4, 3)
-    progress = cli_video.Progress(tmp_path, {"run": 1}, "multipass", shape, 3)
+    progress = video_files.Progress(tmp_path, {"run": 1}, "multipass", shape, 3)
     first = np.full(shape, 0.25, np.float32)
     progress.finished_pass(1, first, [])
     progress._save_state("pass-002.npy", first + 0.5)  # the stop lands here
-    done, results = cli_video.Progress(tmp_path, {"run": 1}, "multipass", shape, 3).resume()
+    done, results = video_files.Progress(tmp_path, {"run": 1}, "multipass", shape, 3).resume()
     assert done == 1 and np.array_equal(results, first)
     progress.finished_pass(2, first + 0.5, [])
     assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["pass-002.npy"]

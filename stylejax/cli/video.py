@@ -13,11 +13,7 @@ file is written atomically.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import hashlib
-import io
-import json
 import sys
 import time
 from fractions import Fraction
@@ -34,7 +30,8 @@ import stylejax.plan as memory_plan
 from stylejax.cli import media
 from stylejax.cli.exits import guarded
 from stylejax.cli.options import _floats, _ints, _layers, _Parser, run_config, solver_config
-from stylejax.cli.outputs import StopOnSignal, check_identity
+from stylejax.cli.outputs import StopOnSignal
+from stylejax.cli.video_files import FlowCache, Progress, identity
 from stylejax.cli.stylize import tune_process
 from stylejax.clip import FrameFlows, as_frames, check_offsets
 from stylejax.errors import StylejaxError
@@ -43,7 +40,7 @@ from stylejax.presets import PRESETS, network_warning
 from stylejax.run import check_stages, stage_sizes
 from stylejax.solvers import OPTIMIZERS, SolverConfig
 from stylejax.video import MODES, colour_clip, default_mode, shown_frames, video_epochs
-from stylejax.weights import atomic_write_bytes, load_vgg19
+from stylejax.weights import load_vgg19
 
 try:  # the `video` extra: OpenCV
     from stylejax import flow as optflow
@@ -53,8 +50,6 @@ except ImportError:
 # artistic-videos' default temporal weight, 1e3 on the 0-255 image's mean squared difference,
 # is 1e3 · 255² on our [0, 1] image; chosen for the johnson preset's loss scale.
 DEFAULT_TEMPORAL_WEIGHT = 1e3 * 255.0 ** 2
-PROGRESS = "progress.json"
-LOG_FIELDS = ["frame", "pass", "file", "loss", "seconds", "consistent"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,30 +147,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 "pass, if any).")
 
 
-class FlowCache:
-    """``flow(a, b)`` by ``method``, each result kept as ``DIR/flow/<hash>.npz`` (the hash of
-    the two frames and the method), so a second run on the same frames computes none."""
-
-    def __init__(self, folder: Path, method: str):
-        self.folder, self.method = folder, method
-        self.computed = 0
-
-    def __call__(self, a, b):
-        h = hashlib.sha256(self.method.encode())
-        for img in (a, b):
-            h.update(np.ascontiguousarray(img, np.float32).tobytes())
-        path = self.folder / f"{h.hexdigest()[:24]}.npz"
-        if path.is_file():
-            with np.load(path, allow_pickle=False) as data:
-                return data["flow"]
-        flow = optflow.optical_flow(a, b, self.method)
-        buf = io.BytesIO()
-        np.savez(buf, flow=flow)
-        atomic_write_bytes(path, buf.getvalue())
-        self.computed += 1
-        return flow
-
-
 def _check(args) -> None:
     checks = [(args.frames is None or args.frames >= 1, f"--frames must be >= 1, got {args.frames}"),
               (args.fps is None or args.fps > 0, f"--fps must be > 0, got {args.fps}"),
@@ -193,128 +164,6 @@ def _check(args) -> None:
         if not ok:
             raise StylejaxError(message + ".")
     check_offsets(args.long_term)
-
-
-def identity(args, rc, mode: str, frames: np.ndarray, chunk: Optional[int]) -> dict:
-    """What a run's progress must share with the command that resumes it: the settings that
-    change the result (defaults written out, so leaving a flag out equals giving its default;
-    multipass: the resolved ``chunk`` too), and the frames and style files themselves."""
-    ident = dataclasses.asdict(rc)
-    for key in ("snapshot_every", "execution"):  # speed, not result (float rounding)
-        ident.pop(key)
-    ident.update(mode=mode, temporal_weight=args.temporal_weight, flow=args.flow,
-                 long_term=sorted(args.long_term))
-    if mode == "multipass":
-        held = max(2, args.temporal_from or multipass.default_temporal_from(args.passes))
-        ident.update(passes=args.passes, temporal_from=held, blend=args.blend, chunk=chunk)
-        ident.pop("epochs")
-    else:
-        ident.update(first_epochs=args.first_epochs or rc.epochs)
-    ident["frames"] = hashlib.sha256(np.ascontiguousarray(frames).tobytes()).hexdigest()
-    ident["styles"] = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in args.style]
-    return json.loads(json.dumps(ident))
-
-
-class Progress:
-    """The run's files in ``out``: frames/, losses.csv/json, progress.json and state/ (the
-    float results --resume continues from), all written atomically, in that order, so the
-    record never names a frame or state that is not on disk."""
-
-    def __init__(self, out: Path, ident: dict, mode: str, shape: tuple, total: int,
-                 shown=lambda k, image: image):
-        self.out, self.identity, self.mode, self.shown = out, ident, mode, shown
-        self.shape, self.total = tuple(shape), total  # frames' [T, H, W, 3]; frames or passes
-        self.log: list = []
-        self.done = 0
-
-    def frame_file(self, k: int) -> str:
-        return f"frames/{k + 1:05d}.png"
-
-    def _record(self) -> None:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, LOG_FIELDS)
-        writer.writeheader()
-        writer.writerows(self.log)
-        atomic_write_bytes(self.out / "losses.csv", buf.getvalue().encode())
-        atomic_write_bytes(self.out / "losses.json", json.dumps(self.log, indent=1).encode())
-        atomic_write_bytes(self.out / PROGRESS, json.dumps(
-            {"format": "stylejax-video-progress", "version": 1, "mode": self.mode,
-             "done": self.done, "identity": self.identity, "log": self.log}).encode())
-
-    def _save_state(self, name: str, array) -> None:
-        buf = io.BytesIO()
-        np.save(buf, np.asarray(array, np.float32), allow_pickle=False)
-        atomic_write_bytes(self.out / "state" / name, buf.getvalue())
-
-    def frame(self, k: int, image, rows: list) -> None:
-        """Sequential: frame ``k`` (0-based) is finished; ``image`` [H, W, 3] (as optimised;
-        ``shown(k, image)`` is what frames/ gets)."""
-        imageio.save_image(self.out / self.frame_file(k), self.shown(k, image)[None])
-        self._save_state(f"{k + 1:05d}.npy", image)
-        self.log += rows
-        self.done = k + 1
-        self._record()
-
-    def finished_pass(self, number: int, images, rows: list) -> None:
-        """Multipass: pass ``number`` is finished; ``images`` [T, H, W, 3]."""
-        for k, image in enumerate(images):
-            imageio.save_image(self.out / self.frame_file(k), self.shown(k, image)[None])
-        # A file per pass, the older one deleted only after the record names the new one: an
-        # interruption between the two writes leaves the recorded pass's state intact.
-        self._save_state(f"pass-{number:03d}.npy", images)
-        self.log += rows
-        self.done = number
-        self._record()
-        for old in (self.out / "state").glob("pass-*.npy"):
-            if old.name != f"pass-{number:03d}.npy":
-                old.unlink()
-
-    def recorded(self, key: str):
-        """The recorded identity's ``key`` (None without a readable progress.json)."""
-        try:
-            return json.loads((self.out / PROGRESS).read_text())["identity"].get(key)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None
-
-    def resume(self):
-        """Reads progress.json (checked against this run) and the state; returns (done,
-        results): [done, H, W, 3] finished frames (sequential) or [T, H, W, 3] after the
-        last finished pass (multipass; None if none). A finished run's results are read
-        back from frames/ (its state is deleted once the video is written)."""
-        path = self.out / PROGRESS
-        if not path.is_file():
-            raise StylejaxError(f"Nothing to resume: {path} does not exist (run without "
-                                "--resume to start afresh).")
-        try:
-            record = json.loads(path.read_text())
-            done, ident, log = int(record["done"]), record["identity"], list(record["log"])
-            if done >= self.total:  # finished: frames/ holds the result, as shown
-                results = self.written()
-            elif done and self.mode == "sequential":
-                results = np.stack([np.load(self.out / "state" / f"{k + 1:05d}.npy")
-                                    for k in range(done)])
-            else:
-                results = (np.load(self.out / "state" / f"pass-{done:03d}.npy") if done
-                           else None)
-        except (OSError, ValueError, KeyError, TypeError, StylejaxError):
-            raise StylejaxError(f"The progress in {self.out} is damaged or incomplete: start "
-                                "afresh without --resume, or use another --out.") from None
-        check_identity(ident, self.identity, f"The run in {self.out}", "frames")
-        if results is not None and results.shape[1:] != self.shape[1:]:
-            raise StylejaxError(f"The state in {self.out} does not fit these frames: start "
-                                "afresh without --resume.")
-        self.log, self.done = log, done
-        return done, results
-
-    def written(self) -> np.ndarray:
-        """[T, H, W, 3]: the frames in frames/ (what the video is made of)."""
-        return as_frames([imageio.load_image(self.out / self.frame_file(k))
-                          for k in range(self.shape[0])])
-
-    def clean(self) -> None:
-        """Deletes state/ (the finished run's float results; frames/ keeps them)."""
-        for path in (self.out / "state").glob("*.npy"):
-            path.unlink()
 
 
 def _main(argv) -> int:
@@ -347,7 +196,8 @@ def _main(argv) -> int:
                  None, " (raise --size or --style-scale)")
     originals = frames  # the flow and the colours come from these
     frames, styles = colour_clip(rc.preserve_colors, frames, styles)
-    memory_plan.check(rc.loss, solver_config(rc), h, w, execution=rc.execution)  # one frame
+    scfg = solver_config(rc)
+    memory_plan.check(rc.loss, scfg, h, w, execution=rc.execution)  # one frame
     fps = Fraction(args.fps).limit_denominator(1001) if args.fps else clip.fps
     if fps is None:
         fps = Fraction(media.DEFAULT_FPS)
@@ -369,18 +219,19 @@ def _main(argv) -> int:
     chunk = None
     if mode == "multipass":  # resolved here: it changes the result, so --resume must keep it
         chunk = args.chunk or (progress.recorded("chunk") if args.resume else None)
-        chunk, _ = multipass.chunk_plan(rc.loss, solver_config(rc), h, w, len(frames),
+        chunk, _ = multipass.chunk_plan(rc.loss, scfg, h, w, len(frames),
                                         len(args.long_term), rc.execution, chunk, args.shard)
     progress.identity = identity(args, rc, mode, frames, chunk)
     done, results = progress.resume() if args.resume else (0, None)
     out = imageio.ensure_writable_dir(args.out)
     cfg = dataclasses.replace(rc.loss, temporal_weight=args.temporal_weight)
-    flows = FrameFlows(originals, FlowCache(out / "flow", args.flow), args.long_term)
+    flows = FrameFlows(originals, FlowCache(out / "flow", args.flow, optflow.optical_flow),
+                       args.long_term)
     clock = time.perf_counter()
     finished = done >= total
     try:
         if not finished:
-            stopped, results = _stylize(mode, args, rc, vgg, frames, styles, cfg, flows,
+            stopped, results = _stylize(mode, args, rc, scfg, vgg, frames, styles, cfg, flows,
                                         progress, done, results, chunk)
             if stopped:
                 print(f"error: stopped by {stopped} after {_unit(mode, progress.done)}; "
@@ -415,18 +266,21 @@ def _unit(mode: str, n: int) -> str:
     return f"{n} finished {what}{'' if n == 1 else ('s' if what == 'frame' else 'es')}"
 
 
-def _stylize(mode, args, rc, vgg, frames, styles, cfg, flows, progress, done, results,
+def _stylize(mode, args, rc, scfg, vgg, frames, styles, cfg, flows, progress, done, results,
              chunk):
     """Runs the mode's loop from ``done``, writing as frames or passes finish; returns
     (the signal that stopped it or None, the results [T, H, W, 3] so far)."""
     t = len(frames)
-    scfg = solver_config(rc)
     common = dict(init=rc.init, seed=rc.seed, style_blend_weights=rc.style_blend_weights,
                   execution=rc.execution)
+    out = np.zeros_like(frames)
+    if results is not None:
+        out[:len(results)] = results
     if mode == "sequential":
         steps = video_epochs(vgg, frames, styles, cfg, scfg, epochs=rc.epochs, flows=flows,
                              resume=results, first_epochs=args.first_epochs, **common)
         bar = tqdm(total=t, initial=done, unit="frame", file=sys.stderr, dynamic_ncols=True)
+        finished = _finished_frames(steps, progress, bar, out)
     else:
         steps = multipass.multipass(
             vgg, frames, styles, cfg, scfg, passes=args.passes, flows=flows,
@@ -434,47 +288,52 @@ def _stylize(mode, args, rc, vgg, frames, styles, cfg, flows, progress, done, re
             shard=args.shard, resume=(done, results) if done else None, **common)
         bar = tqdm(total=t * args.passes, initial=done * t, unit="frame", file=sys.stderr,
                    dynamic_ncols=True)
-    out = np.zeros_like(frames) if results is None else np.array(results)
-    out = out if len(out) == t else np.concatenate([out, np.zeros_like(frames[len(out):])])
-    rows, clock, stopped = [], time.perf_counter(), None
+        finished = _finished_passes(steps, progress, bar, out)
     try:
         with StopOnSignal() as stop:
-            for step in steps:
-                if mode == "sequential":
-                    bar.set_postfix_str(f"epoch {step.epoch}, loss {step.loss:.4g}")
-                    if not step.last_of_scale:
-                        continue
-                    now = time.perf_counter()
-                    out[step.frame] = step.image[0]
-                    progress.frame(step.frame, step.image[0], [{
-                        "frame": step.frame + 1, "pass": "", "file":
-                        progress.frame_file(step.frame), "loss": step.loss,
-                        "seconds": now - clock, "consistent": step.weights}])
-                    bar.update(1)
-                else:
-                    now = time.perf_counter()
-                    bar.set_postfix_str(f"pass {step.number}/{step.passes} "
-                                        f"{'forward' if step.direction > 0 else 'backward'}"
-                                        f"{', temporal' if step.temporal else ''}, loss "
-                                        f"{np.nanmean(step.losses):.4g}")
-                    bar.update(len(step.frames))
-                    rows += [{"frame": k + 1, "pass": step.number,
-                              "file": progress.frame_file(k), "loss": float(step.losses[k]),
-                              "seconds": (now - clock) / len(step.frames), "consistent": ""}
-                             for k in step.frames]
-                    if not step.last_of_pass:
-                        clock = now
-                        continue
-                    out[:] = step.images
-                    progress.finished_pass(step.number, step.images,
-                                           sorted(rows, key=lambda r: r["frame"]))
-                    rows = []
-                clock = now
-                stopped = stop.requested  # read once, after the bookkeeping
-                if stopped:
-                    break
+            for _ in finished:  # each a frame or pass written
+                if stop.requested:  # read after the bookkeeping: the record is complete
+                    return stop.requested, out
     finally:
         bar.close()
-    return stopped, out
+    return None, out
 
 
+def _finished_frames(steps, progress, bar, out):
+    """Sequential: writes each frame as it finishes (into ``out`` too); yields after each."""
+    clock = time.perf_counter()
+    for step in steps:
+        bar.set_postfix_str(f"epoch {step.epoch}, loss {step.loss:.4g}")
+        if not step.last_of_scale:
+            continue
+        now = time.perf_counter()
+        out[step.frame] = step.image[0]
+        progress.frame(step.frame, step.image[0], [{
+            "frame": step.frame + 1, "pass": "", "file": progress.frame_file(step.frame),
+            "loss": step.loss, "seconds": now - clock, "consistent": step.weights}])
+        bar.update(1)
+        clock = now
+        yield
+
+
+def _finished_passes(steps, progress, bar, out):
+    """Multipass: logs each chunk, writes every frame when a pass finishes (into ``out``
+    too); yields after each pass."""
+    rows, clock = [], time.perf_counter()
+    for step in steps:
+        now = time.perf_counter()
+        bar.set_postfix_str(f"pass {step.number}/{step.passes} "
+                            f"{'forward' if step.direction > 0 else 'backward'}"
+                            f"{', temporal' if step.temporal else ''}, loss "
+                            f"{np.nanmean(step.losses):.4g}")
+        bar.update(len(step.frames))
+        rows += [{"frame": k + 1, "pass": step.number, "file": progress.frame_file(k),
+                  "loss": float(step.losses[k]), "seconds": (now - clock) / len(step.frames),
+                  "consistent": ""} for k in step.frames]
+        clock = now
+        if step.last_of_pass:
+            out[:] = step.images
+            progress.finished_pass(step.number, step.images,
+                                   sorted(rows, key=lambda r: r["frame"]))
+            rows = []
+            yield
